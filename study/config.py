@@ -1,0 +1,412 @@
+"""The typed study configuration: frozen dataclasses loaded from a YAML file in `search_spaces/`.
+
+One tree flows top-down: `StudyConfig` holds `data`, `model`, `solver`, `grid`, `lr` and `resources`.
+Every value is checked when the file is loaded, before Ray starts; an error names the file, the key
+(as a dotted path), the bad value and what is allowed. Unknown keys are errors, not silently ignored.
+
+Numbers in `solver` are given at the reference batch `solver.ims_per_batch`, in iterations (as
+detectron2 does), never in epochs: a smaller training set must not change the iteration budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+Init = Literal["scratch", "pretrained"]
+Norm = Literal["gn", "syncbn", "bn", "frozen_bn"]
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"]
+Profile = Literal["paper", "tiny"]
+DataSource = Literal["synthetic", "coco"]
+Full = Literal["full"]
+
+
+class ConfigError(ValueError):
+    """A bad value in a study file: which key, which value, what is allowed."""
+
+    def __init__(self, key: str, message: str, *, file: str | Path | None = None) -> None:
+        self.key = key
+        self.message = message
+        self.file = str(file) if file is not None else None
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key nested under `prefix`."""
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return ConfigError(key, self.message, file=self.file)
+
+    def in_file(self, file: str | Path) -> ConfigError:
+        return ConfigError(self.key, self.message, file=file)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """One COCO split: an instances JSON file and the folder its `file_name`s are relative to."""
+
+    annotations: str
+    images: str
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """The embedded synthetic dataset (`study data synth`), generated on first use and cached."""
+
+    train_images: int = 1000
+    val_images: int = 100
+    image_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.train_images > 0, "train_images", f"{self.train_images!r} must be > 0")
+        _require(self.val_images > 0, "val_images", f"{self.val_images!r} must be > 0")
+        _require(self.image_size >= 32, "image_size", f"{self.image_size!r} must be >= 32 pixels")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the detection data comes from and how training subsets are drawn."""
+
+    source: DataSource = "synthetic"
+    train: SplitFiles | None = None
+    val: SplitFiles | None = None
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+    # Training subsets (grid.train_images / grid.data_fraction) are nested prefixes of one
+    # permutation drawn with this seed, so the 1k subset lies inside the 10k subset (paper §5).
+    subset_seed: int = 0
+    # Training images without any (non-crowd) instance are skipped, as Detectron does.
+    filter_empty: bool = True
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source == "coco":
+            _require(self.train is not None, "train", "required when source is 'coco' "
+                     "(a mapping with keys 'annotations' and 'images')")
+            _require(self.val is not None, "val", "required when source is 'coco' "
+                     "(a mapping with keys 'annotations' and 'images')")
+        _require(self.loader_workers >= 0, "loader_workers", f"{self.loader_workers!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The detector: Mask R-CNN + FPN on a ResNet backbone, with the paper's norm everywhere."""
+
+    backbone: Backbone = "resnet50"
+    norm: Norm = "gn"
+    # 'paper' is Detectron's Mask R-CNN; 'tiny' has fewer proposals/RoIs and narrower heads so
+    # that an iteration on 2 CPU cores takes well under a second.
+    profile: Profile = "paper"
+    min_size: int = 800  # shorter image side after resizing (paper: 800)
+    max_size: int = 1333  # longer side cap (paper: 1333)
+    # For init=pretrained: a `study pretrain` checkpoint, a state-dict file, or a torchvision
+    # weights name such as 'ResNet50_Weights.IMAGENET1K_V2'.
+    pretrained_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.min_size > 0, "min_size", f"{self.min_size!r} must be > 0")
+        _require(self.max_size >= self.min_size, "max_size",
+                 f"{self.max_size!r} must be >= min_size ({self.min_size})")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """SGD and the schedule, in iterations at the reference batch `ims_per_batch` (paper §4)."""
+
+    base_lr: float = 0.02
+    ims_per_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # Detectron: no decay on norm parameters
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    unit_iters: int = 90_000  # the "1x" schedule
+    # LR drops this many iterations before the end of any schedule (paper: 60k and 20k).
+    drops_before_end: tuple[int, ...] = (60_000, 20_000)
+    gamma: float = 0.1
+    eval_period: int = 10_000
+    clip_grad_norm: float | None = None  # the paper does not clip
+
+    def __post_init__(self) -> None:
+        _require(self.base_lr > 0, "base_lr", f"{self.base_lr!r} must be > 0")
+        _require(self.ims_per_batch > 0, "ims_per_batch", f"{self.ims_per_batch!r} must be > 0")
+        _require(0 <= self.momentum < 1, "momentum", f"{self.momentum!r} must be in [0, 1)")
+        _require(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay!r} must be >= 0")
+        _require(self.weight_decay_norm >= 0, "weight_decay_norm",
+                 f"{self.weight_decay_norm!r} must be >= 0")
+        _require(self.warmup_iters >= 0, "warmup_iters", f"{self.warmup_iters!r} must be >= 0")
+        _require(0 < self.warmup_factor <= 1, "warmup_factor",
+                 f"{self.warmup_factor!r} must be in (0, 1]")
+        _require(self.unit_iters > 0, "unit_iters", f"{self.unit_iters!r} must be > 0")
+        drops = self.drops_before_end
+        _require(all(d > 0 for d in drops), "drops_before_end", f"{list(drops)!r}: each must be > 0")
+        _require(list(drops) == sorted(drops, reverse=True) and len(set(drops)) == len(drops),
+                 "drops_before_end", f"{list(drops)!r} must be strictly decreasing, e.g. [60000, 20000]")
+        _require(0 < self.gamma < 1, "gamma", f"{self.gamma!r} must be in (0, 1)")
+        _require(self.eval_period > 0, "eval_period", f"{self.eval_period!r} must be > 0")
+        _require(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm",
+                 f"{self.clip_grad_norm!r} must be > 0, or null for no clipping")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The factors enumerated exhaustively; each combination is one cell of the study."""
+
+    init: tuple[Init, ...] = ("scratch", "pretrained")
+    schedule: tuple[float, ...] = (1.0,)  # multipliers of solver.unit_iters ("1x", "2x", ...)
+    # Training-set sizes: image counts ('full' = the whole training set) and/or fractions.
+    train_images: tuple[int | Full, ...] = ("full",)
+    data_fraction: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        for key in ("init", "schedule", "seeds"):
+            _require(len(getattr(self, key)) > 0, key, "the grid is empty: list at least one value")
+        _require(len(self.train_images) + len(self.data_fraction) > 0, "train_images",
+                 "the grid has no training-set size: list train_images and/or data_fraction")
+        for key in ("init", "schedule", "train_images", "data_fraction", "seeds"):
+            values = getattr(self, key)
+            _require(len(set(values)) == len(values), key, f"{list(values)!r} lists a value twice")
+        for s in self.schedule:
+            _require(s > 0, "schedule", f"{s!r} must be > 0 (a multiple of solver.unit_iters)")
+        for n in self.train_images:
+            _require(n == "full" or n > 0, "train_images", f"{n!r} must be > 0 or 'full'")
+        for f in self.data_fraction:
+            _require(0 < f <= 1, "data_fraction", f"{f!r} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    """The base LR: a grid (`values`) or a log-uniform range searched by Optuna (TPE)."""
+
+    values: tuple[float, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    samples: int = 4  # Optuna trials per cell
+    seed: int = 0  # the TPE sampler's seed
+
+    def __post_init__(self) -> None:
+        ranged = self.low is not None or self.high is not None
+        _require(bool(self.values) != ranged, "values",
+                 "give either a list of values (a grid) or low and high (an Optuna search), not both "
+                 "and not neither")
+        if ranged:
+            _require(self.low is not None and self.high is not None, "low",
+                     "an Optuna search needs both low and high")
+            assert self.low is not None and self.high is not None
+            _require(0 < self.low < self.high, "high",
+                     f"need 0 < low < high, got low={self.low!r}, high={self.high!r}")
+            _require(self.samples > 0, "samples", f"{self.samples!r} must be > 0")
+        for v in self.values:
+            _require(v > 0, "values", f"{v!r} must be > 0")
+        _require(len(set(self.values)) == len(self.values), "values",
+                 f"{list(self.values)!r} lists a value twice")
+
+    @property
+    def is_search(self) -> bool:
+        return not self.values
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one trial runs on: Ray Train workers and what each of them holds."""
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: int = 1
+    max_concurrent_trials: int | None = None  # None: as many as the cluster fits
+
+    def __post_init__(self) -> None:
+        _require(self.workers > 0, "workers", f"{self.workers!r} must be > 0")
+        _require(self.gpus_per_worker >= 0, "gpus_per_worker", f"{self.gpus_per_worker!r} must be >= 0")
+        _require(self.cpus_per_worker > 0, "cpus_per_worker", f"{self.cpus_per_worker!r} must be > 0")
+        _require(self.max_concurrent_trials is None or self.max_concurrent_trials > 0,
+                 "max_concurrent_trials", f"{self.max_concurrent_trials!r} must be > 0 or null")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: one YAML file in `search_spaces/`."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    lr: LRConfig = field(default_factory=lambda: LRConfig(values=(0.02,)))
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
+                 f"{self.name!r} must be a non-empty folder name (no '/', not starting with '.')")
+        if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
+            raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
+                              "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> dataclasses, with every value checked against its type hint
+# --------------------------------------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    """How a type reads in an error message."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of ({_describe(typing.get_args(tp)[0])})"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """`value` as type `tp`, or a ConfigError that says what `key` allows."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(arms) < len(typing.get_args(tp)):
+            return None
+        if len(arms) == 1:  # Optional[X]: X's own, more precise, error
+            return _convert(arms[0], value, key)
+        for arm in arms:
+            try:
+                return _convert(arm, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"{value!r} is not valid: expected {_describe(tp)}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"{value!r} is not valid: expected {_describe(tp)}")
+        return tuple(_convert(typing.get_args(tp)[0], v, key) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise ConfigError(key, f"{value!r} is not valid: expected {_describe(tp)}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(key, f"{value!r} is not valid: expected null")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"{value!r} is not valid: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"{value!r} is not valid: expected an integer")
+        return value
+    if tp is float:
+        # PyYAML reads '1e-4' (no dot) as a string: accept numeric strings for float keys.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"{value!r} is not valid: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"{value!r} is not valid: expected a string")
+        return value
+    raise TypeError(f"config type {tp!r} at {key} is not supported")  # a bug in this file
+
+
+def _build(cls: Any, data: Any, key: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"{data!r} is not valid: expected {_describe(cls)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"{key}.{k}" if key else str(k),
+                              f"unknown key; allowed keys here: {', '.join(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{key}.{k}" if key else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise e.under(key) from None
+    except TypeError as e:  # a required key is missing
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{key}.{missing[0]}" if key else missing[0], "required key is missing") from None
+        raise
+
+
+def study_from_dict(data: Any) -> StudyConfig:
+    """Build and validate a StudyConfig from plain data (as YAML or `to_dict` gives it)."""
+    return _build(StudyConfig, data, "")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Load and validate a study YAML file; errors name the file, the key, the value, the choices.
+
+    Relative data paths are resolved against the current directory and stored absolute, because
+    Ray workers change their working directory (RAY_NOTES §0).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"no such study file: {path}", file=path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"not valid YAML: {e}", file=path) from None
+    try:
+        cfg = study_from_dict(data)
+    except ConfigError as e:
+        raise e.in_file(path) from None
+    return resolve_paths(cfg)
+
+
+def resolve_paths(cfg: StudyConfig, base: Path | None = None) -> StudyConfig:
+    """The same config with its data paths made absolute (against `base`, default: the cwd)."""
+    base = (base or Path.cwd()).resolve()
+
+    def absolute(split: SplitFiles | None) -> SplitFiles | None:
+        if split is None:
+            return None
+        return SplitFiles(annotations=str((base / split.annotations).resolve()),
+                          images=str((base / split.images).resolve()))
+
+    data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
+    return dataclasses.replace(cfg, data=data)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for YAML, JSON and the Ray boundary."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_study(cfg: StudyConfig) -> str:
+    """The resolved config as YAML; `study_from_dict(yaml.safe_load(...))` gives it back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

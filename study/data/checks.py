@@ -1,0 +1,269 @@
+"""Validation of a COCO instances file and its images.
+
+`study data check` prints the report; the dataset loader runs the same checks and refuses a file
+with errors, so a bad record is reported with its id instead of surfacing as a traceback from
+deep inside a Ray worker. Errors are what would break training or evaluation; warnings are worth
+knowing but harmless (a category nobody uses).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, UnidentifiedImageError
+
+ImageCheck = Literal["none", "exists", "header", "decode"]
+
+
+class DataError(ValueError):
+    """A dataset that cannot be trained on; the message lists each problem with its record id."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Literal["error", "warning"]
+    record: str  # e.g. "annotation 17", "image 3 (11.jpg)", "category 4 (walnut)", "file"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper():7s} {self.record}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What a check found: counts for the summary, and every problem."""
+
+    source: str
+    images: int = 0
+    instances: int = 0  # non-crowd annotations
+    crowd: int = 0
+    images_without_instances: int = 0
+    categories: dict[int, str] = field(default_factory=dict)
+    instances_per_category: dict[int, int] = field(default_factory=dict)
+    images_per_category: dict[int, int] = field(default_factory=dict)
+    images_checked: ImageCheck = "none"
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, record: str, message: str) -> None:
+        self.problems.append(Problem("error", record, message))
+
+    def warning(self, record: str, message: str) -> None:
+        self.problems.append(Problem("warning", record, message))
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: {self.images} images, {self.instances} instances"
+                 f" (+{self.crowd} crowd), {len(self.categories)} categories;"
+                 f" {self.images_without_instances} images without instances"]
+        if self.categories:
+            lines.append(f"  {'id':>5}  {'category':<24} {'instances':>9} {'images':>7}")
+            for cid, name in sorted(self.categories.items()):
+                lines.append(f"  {cid:>5}  {name[:24]:<24} {self.instances_per_category.get(cid, 0):>9}"
+                             f" {self.images_per_category.get(cid, 0):>7}")
+        lines.append({"none": "  image files: not checked (pass --images DIR)",
+                      "exists": "  image files: existence checked",
+                      "header": "  image files: existence, format and size checked",
+                      "decode": "  image files: fully decoded"}[self.images_checked])
+        return "\n".join(lines)
+
+    def problems_text(self, limit: int | None = None) -> str:
+        shown = self.problems if limit is None else self.problems[:limit]
+        lines = [f"{len(self.errors)} errors, {len(self.warnings)} warnings"]
+        lines += [f"  {p}" for p in shown]
+        if len(shown) < len(self.problems):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        return "\n".join(lines)
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise DataError(f"{self.source} cannot be used for training:\n"
+                            + self.problems_text(limit=20)
+                            + f"\n(run `study data check {self.source}` for the full report)")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_segmentation(report: CheckReport, record: str, seg: Any, height: Any, width: Any) -> None:
+    if isinstance(seg, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+        if not seg:
+            report.error(record, "segmentation is an empty list of polygons")
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                report.error(record, f"polygon {i} is not a flat list of numbers")
+            elif len(poly) % 2:
+                report.error(record, f"polygon {i} has an odd number of coordinates ({len(poly)})")
+            elif len(poly) < 6:
+                report.error(record, f"polygon {i} has {len(poly) // 2} points; a polygon needs at least 3")
+    elif isinstance(seg, dict):  # RLE: {"size": [h, w], "counts": str | list}
+        size = seg.get("size")
+        if "counts" not in seg or not isinstance(size, list) or len(size) != 2:
+            report.error(record, "RLE segmentation needs 'size': [height, width] and 'counts'")
+        elif [height, width] != list(size):
+            report.error(record, f"RLE size {size} differs from its image's [height, width] = "
+                                 f"[{height}, {width}]")
+    else:
+        report.error(record, f"segmentation is missing or not polygons/RLE: {seg!r:.60}")
+
+
+def _check_image_file(report: CheckReport, record: str, path: Path, width: Any, height: Any,
+                      level: ImageCheck) -> None:
+    if not path.is_file():
+        report.error(record, f"image file not found: {path}")
+        return
+    if level == "exists":
+        return
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if level == "decode":
+                im.load()  # raises on a truncated file
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        report.error(record, f"image file cannot be read ({e}): {path}")
+        return
+    if size != (width, height):
+        report.error(record, f"image file is {size[0]}x{size[1]} but the record says "
+                             f"{width}x{height}: {path}")
+
+
+def check_instances(data: Any, *, source: str = "annotations", image_root: str | Path | None = None,
+                    images: ImageCheck = "header") -> CheckReport:
+    """Check a parsed COCO instances dict (and, given `image_root`, its image files).
+
+    `images` sets how far image files are checked: 'exists', 'header' (format and size) or
+    'decode' (every pixel; finds truncated files). Without `image_root` files are not checked.
+    """
+    report = CheckReport(source=source, images_checked=images if image_root is not None else "none")
+    if not isinstance(data, dict):
+        report.error("file", "not a COCO instances file: the top level is not a JSON object")
+        return report
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            report.error("file", f"not a COCO instances file: '{key}' is missing or not a list")
+    if report.errors:
+        return report
+
+    # categories
+    for cat in data["categories"]:
+        cid, name = (cat.get("id"), cat.get("name")) if isinstance(cat, dict) else (None, None)
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            report.error(f"category {cid!r}", "category id is missing or not an integer")
+        elif cid in report.categories:
+            report.error(f"category {cid}", f"category id declared twice "
+                                            f"({report.categories[cid]!r} and {name!r})")
+        else:
+            report.categories[cid] = str(name)
+    names = collections.Counter(report.categories.values())
+    for name, n in names.items():
+        if n > 1:
+            report.warning(f"category {name!r}", f"{n} categories share this name")
+
+    # images
+    image_dims: dict[int, tuple[Any, Any]] = {}
+    image_names: dict[int, str] = {}
+    for img in data["images"]:
+        iid = img.get("id") if isinstance(img, dict) else None
+        record = f"image {iid!r}"
+        if not isinstance(iid, int) or isinstance(iid, bool):
+            report.error(record, "image id is missing or not an integer")
+            continue
+        if iid in image_dims:
+            report.error(record, "image id declared twice")
+            continue
+        fname, w, h = img.get("file_name"), img.get("width"), img.get("height")
+        record = f"image {iid} ({fname})"
+        if not isinstance(fname, str) or not fname:
+            report.error(record, "file_name is missing")
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            report.error(record, f"width/height must be positive integers, got {w!r}x{h!r}")
+        image_dims[iid] = (h, w)
+        image_names[iid] = str(fname)
+    report.images = len(image_dims)
+
+    # annotations
+    seen_ann: set[Any] = set()
+    images_with_instances: set[int] = set()
+    images_per_cat: dict[int, set[int]] = collections.defaultdict(set)
+    for ann in data["annotations"]:
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        record = f"annotation {aid!r}"
+        if aid is None or not isinstance(ann, dict):
+            report.error(record, "annotation id is missing")
+            continue
+        if aid in seen_ann:
+            report.error(record, "annotation id used twice")
+            continue
+        seen_ann.add(aid)
+        iid, cid = ann.get("image_id"), ann.get("category_id")
+        bad = False
+        if iid not in image_dims:
+            report.error(record, f"image_id {iid!r} is not a declared image")
+            bad = True
+        if cid not in report.categories:
+            report.error(record, f"category_id {cid!r} is not a declared category "
+                                 f"(declared: {sorted(report.categories)})")
+            bad = True
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            report.error(record, f"bbox must be [x, y, width, height], got {bbox!r:.60}")
+        elif bbox[2] <= 0 or bbox[3] <= 0:
+            report.error(record, f"bbox has a non-positive size: width {bbox[2]}, height {bbox[3]}")
+        h, w = image_dims.get(iid, (None, None))
+        _check_segmentation(report, record, ann.get("segmentation"), h, w)
+        if bad:
+            continue
+        if ann.get("iscrowd", 0):
+            report.crowd += 1
+            continue
+        report.instances += 1
+        report.instances_per_category[cid] = report.instances_per_category.get(cid, 0) + 1
+        images_per_cat[cid].add(iid)
+        images_with_instances.add(iid)
+    report.images_per_category = {c: len(s) for c, s in images_per_cat.items()}
+    report.images_without_instances = len(set(image_dims) - images_with_instances)
+    for cid, name in sorted(report.categories.items()):
+        if cid not in report.instances_per_category:
+            report.warning(f"category {cid} ({name})", "declared but never used by an instance")
+
+    if image_root is not None and images != "none":
+        root = Path(image_root)
+        if not root.is_dir():
+            report.error("file", f"image folder not found: {root}")
+        else:
+            for iid, (h, w) in image_dims.items():
+                _check_image_file(report, f"image {iid} ({image_names[iid]})",
+                                  root / image_names[iid], w, h, images)
+    return report
+
+
+def check_file(annotations: str | Path, image_root: str | Path | None = None, *,
+               images: ImageCheck = "header") -> tuple[CheckReport, Any]:
+    """Read and check an annotations file: (report, parsed JSON or None if unreadable)."""
+    import json
+
+    path = Path(annotations)
+    report = CheckReport(source=str(path))
+    if not path.is_file():
+        report.error("file", f"annotations file not found: {path}")
+        return report, None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report.error("file", f"not valid JSON: {e}")
+        return report, None
+    return check_instances(data, source=str(path), image_root=image_root, images=images), data

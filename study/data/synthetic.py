@@ -1,0 +1,233 @@
+"""The embedded synthetic dataset: a real COCO instance-segmentation set, generated offline.
+
+Several shape classes with random colour, size, rotation and overlap, on textured, shaded and
+noisy backgrounds with faint clutter. Objects are placed one after another, later ones
+occluding earlier ones; each instance's segmentation is the exact polygon of its *visible*
+part (shapely differences), so ground truth matches what is drawn. A placement that would cut
+an earlier object into slivers, or leave a hole in it (which COCO polygons cannot express), is
+drawn again. Rendering is 4x supersampled, so edges are anti-aliased like a photograph's.
+
+Every image is a pure function of (seed, split, index): a larger set extends a smaller one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+CLASSES = ("circle", "triangle", "square", "star", "hexagon")
+_SPLIT_CODE = {"train": 1, "val": 2}
+_SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What `study data synth` generates. Defaults fit a CPU study (small images)."""
+
+    train_images: int = 1000
+    val_images: int = 100
+    image_size: int = 64  # the longer side; the shorter one is drawn in [0.75, 1] of it
+    seed: int = 0
+    min_objects: int = 1
+    max_objects: int = 4
+
+    def __post_init__(self) -> None:
+        if self.train_images < 1 or self.val_images < 1:
+            raise ValueError("train_images and val_images must be >= 1")
+        if self.image_size < 32:
+            raise ValueError(f"image_size {self.image_size} must be >= 32 pixels")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got "
+                             f"{self.min_objects}, {self.max_objects}")
+
+
+@dataclass(frozen=True)
+class SyntheticPaths:
+    train_annotations: Path
+    train_images: Path
+    val_annotations: Path
+    val_images: Path
+
+
+def _outline(kind: str, cx: float, cy: float, r: float, angle: float, aspect: float) -> Polygon:
+    """The polygon of one shape: circumradius r, rotated by `angle`, stretched by `aspect`."""
+    if kind == "circle":
+        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        pts = np.stack([np.cos(t), np.sin(t) * aspect], 1)
+    elif kind == "triangle":
+        t = np.array([0, 2, 4]) * math.pi / 3 - math.pi / 2
+        pts = np.stack([np.cos(t), np.sin(t)], 1)
+    elif kind == "square":
+        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * np.array([1, aspect]) / math.sqrt(2)
+    elif kind == "star":
+        t = np.arange(10) * math.pi / 5 - math.pi / 2
+        rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        pts = np.stack([np.cos(t) * rad, np.sin(t) * rad], 1)
+    elif kind == "hexagon":
+        t = np.arange(6) * math.pi / 3
+        pts = np.stack([np.cos(t), np.sin(t)], 1)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; known: {', '.join(CLASSES)}")
+    c, s = math.cos(angle), math.sin(angle)
+    pts = pts @ np.array([[c, s], [-s, c]]) * r + np.array([cx, cy])
+    return Polygon(pts)
+
+
+def _parts(geom: BaseGeometry) -> list[Polygon]:
+    if isinstance(geom, Polygon):
+        return [geom] if not geom.is_empty else []
+    if isinstance(geom, MultiPolygon):
+        return [g for g in geom.geoms if not g.is_empty]
+    return [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon) and g.area > 0]
+
+
+def _acceptable(visible: BaseGeometry, full_area: float) -> bool:
+    """Enough of an object stays visible, in solid pieces, with no holes."""
+    parts = _parts(visible)
+    return (bool(parts) and visible.area >= 0.4 * full_area
+            and all(not p.interiors and p.area >= 6.0 for p in parts))
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a random grid upsampled bicubically."""
+    grid = rng.uniform(0, 255, (cells, cells)).astype(np.uint8)
+    img = Image.fromarray(grid, "L").resize((w, h), Image.BICUBIC)
+    return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    base = rng.uniform(30, 225, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    direction = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(direction) * xx / w + np.sin(direction) * yy / h)[..., None]
+    img = base + rng.uniform(-40, 40) * ramp
+    img = img + np.stack([_smooth_noise(rng, h, w, int(rng.integers(3, 7))) for _ in range(3)], -1) * 30
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(0, 4))):  # faint clutter that is not an object
+        x0, y0, x1, y1 = rng.uniform(0, [w, h, w, h])
+        shade = tuple(int(v) for v in np.clip(base + rng.uniform(-50, 50, 3), 0, 255))
+        draw.line([(x0, y0), (x1, y1)], fill=shade, width=int(rng.integers(1, 3)))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _coverage(poly: Polygon, h: int, w: int) -> np.ndarray:
+    """The anti-aliased coverage [H, W] in [0, 1] of a polygon, by 4x supersampling."""
+    big = Image.new("L", (w * _SUPERSAMPLE, h * _SUPERSAMPLE), 0)
+    pts = [(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in poly.exterior.coords]
+    ImageDraw.Draw(big).polygon(pts, fill=255)
+    return np.asarray(big.resize((w, h), Image.BOX), dtype=np.float32)[..., None] / 255.0
+
+
+def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int
+                 ) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
+    """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts)."""
+    img = _background(rng, height, width)
+    frame = box(0, 0, width, height)
+    placed: list[tuple[int, Polygon, float]] = []  # (class, full clipped shape, its area)
+    visible: list[BaseGeometry] = []
+    short = min(width, height)
+    min_area = 0.25 * math.pi * (0.14 * short) ** 2  # a quarter of the smallest circle: not a sliver
+    for _ in range(n_objects):
+        for _attempt in range(30):
+            cls = int(rng.integers(len(CLASSES)))
+            r = rng.uniform(0.14, 0.36) * short
+            cx, cy = rng.uniform(0.15 * width, 0.85 * width), rng.uniform(0.15 * height, 0.85 * height)
+            shape = _outline(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
+            shape = shape.intersection(frame)
+            if not isinstance(shape, Polygon) or shape.area < min_area:
+                continue
+            occluded = [v.difference(shape) for v in visible]
+            if all(_acceptable(o, a) for o, (_, _, a) in zip(occluded, placed)):
+                visible = occluded + [shape]
+                placed.append((cls, shape, shape.area))
+                break
+    for cls, shape, _ in placed:  # drawn bottom to top: later objects occlude earlier ones
+        color = rng.uniform(0, 255, 3)
+        while np.abs(color - img.mean((0, 1))).sum() < 90:
+            color = rng.uniform(0, 255, 3)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        shading = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None] / short * 35
+        texture = _smooth_noise(rng, height, width, int(rng.integers(4, 10)))[..., None] * 20
+        alpha = _coverage(shape, height, width)
+        img = img * (1 - alpha) + (color + shading + texture) * alpha
+    img = img + rng.normal(0, 6, img.shape)  # sensor noise
+    instances = [(cls, _parts(v)) for (cls, _, _), v in zip(placed, visible)]
+    return np.clip(img, 0, 255).astype(np.uint8), instances
+
+
+def _annotation(ann_id: int, image_id: int, cls: int, parts: list[Polygon], h: int, w: int) -> dict:
+    segmentation = [[round(float(v), 2) for xy in list(p.exterior.coords)[:-1] for v in xy]
+                    for p in parts]
+    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+    x0 = min(p.bounds[0] for p in parts)
+    y0 = min(p.bounds[1] for p in parts)
+    x1 = max(p.bounds[2] for p in parts)
+    y1 = max(p.bounds[3] for p in parts)
+    return {"id": ann_id, "image_id": image_id, "category_id": cls + 1,
+            "segmentation": segmentation, "area": float(mask_utils.area(rle)),
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], "iscrowd": 0}
+
+
+def write_split(out: Path, split: str, count: int, spec: SynthSpec,
+                progress: Callable[[str], None] | None = None) -> Path:
+    """Write `<out>/<split>/*.png` and `<out>/<split>.json`; return the JSON path."""
+    image_dir = out / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(count):
+        rng = np.random.default_rng([spec.seed, _SPLIT_CODE[split], index])
+        long_side = spec.image_size
+        short_side = int(rng.integers(round(0.75 * long_side), long_side + 1))
+        width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+        n_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+        pixels, instances = render_image(rng, width, height, n_objects)
+        image_id = index + 1
+        file_name = f"{image_id:06d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for cls, parts in instances:
+            annotations.append(_annotation(len(annotations) + 1, image_id, cls, parts, height, width))
+        if progress and (index + 1) % 250 == 0:
+            progress(f"  {split}: {index + 1}/{count} images")
+    coco = {"info": {"description": "rethinking-pretraining-study synthetic shapes",
+                     "spec": asdict(spec)},
+            "licenses": [], "images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": name, "supercategory": "shape"}
+                           for k, name in enumerate(CLASSES)]}
+    path = out / f"{split}.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def synthetic_paths(out: str | Path) -> SyntheticPaths:
+    out = Path(out)
+    return SyntheticPaths(out / "train.json", out / "train", out / "val.json", out / "val")
+
+
+def write_synthetic(out: str | Path, spec: SynthSpec = SynthSpec(), *, force: bool = False,
+                    progress: Callable[[str], None] | None = None) -> SyntheticPaths:
+    """Generate the train and val splits into `out`, or reuse them if `out` holds this spec."""
+    out = Path(out)
+    paths = synthetic_paths(out)
+    marker = out / "synth_spec.json"
+    if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec) \
+            and paths.train_annotations.is_file() and paths.val_annotations.is_file():
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    for stale in [*out.glob("train/[0-9]*.png"), *out.glob("val/[0-9]*.png")]:
+        stale.unlink()  # a smaller set must not leave images of a larger one behind
+    write_split(out, "train", spec.train_images, spec, progress)
+    write_split(out, "val", spec.val_images, spec, progress)
+    marker.write_text(json.dumps(asdict(spec)))  # written last: its presence means complete
+    return paths
