@@ -19,10 +19,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-Init = Literal["scratch", "pretrained"]
-Norm = Literal["gn", "syncbn", "bn", "frozen_bn"]
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"]
-Profile = Literal["paper", "tiny"]
+from models.choices import Backbone, Init, Norm, Profile
+
 DataSource = Literal["synthetic", "coco"]
 Full = Literal["full"]
 
