@@ -2,8 +2,9 @@
 
 Pure PyTorch/torchvision: importable without Ray, a GPU or COCO. Import from the modules:
 
-- `models.mask_rcnn`: `build_mask_rcnn`, `build_resnet`, `parameter_groups`, the profiles
-- `models.norms`: `get_norm` (gn | syncbn | bn | frozen_bn), `convert_sync_batchnorm`
+- `models.mask_rcnn`: `build_mask_rcnn`, `build_resnet`, the detector profiles
+- `models.norms`: `get_norm` (gn | syncbn | bn | frozen_bn), `convert_sync_batchnorm`,
+  `parameter_groups` (no weight decay on norms)
 - `models.init`: `init_scratch`, `load_backbone` (pretrained arm), `LoadReport`
 - `models.classifier`: the pre-training classifier and `backbone_state`
 - `models.choices`: the closed sets of names (no torch import; the config reads them)

@@ -27,7 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from models.choices import BACKBONES, PROFILES
-from models.norms import NORM_TYPES, norm_factory
+from models.norms import norm_factory
 
 # Output channels of layer1..layer4: basic blocks (18/34) and bottlenecks (50 and deeper).
 _STAGE_CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet34": [64, 128, 256, 512]}
@@ -126,14 +126,3 @@ def build_mask_rcnn(*, backbone: str, norm: str, num_classes: int, profile: str 
         mask_predictor=MaskRCNNPredictor(p.head_channels, p.head_channels, num_classes + 1),
     )
 
-
-def parameter_groups(model: nn.Module, *, weight_decay: float, weight_decay_norm: float
-                     ) -> list[dict]:
-    """SGD parameter groups: norm parameters get `weight_decay_norm` (0: Detectron's rule)."""
-    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES)
-                   for p in m.parameters(recurse=False)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if id(p) not in norm_params], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in norm_params], "weight_decay": weight_decay_norm},
-    ]

@@ -61,3 +61,15 @@ def convert_sync_batchnorm(model: nn.Module, norm: str, device: torch.device) ->
         raise ValueError("norm 'syncbn' needs CUDA devices: SyncBatchNorm does not run on CPU "
                          f"tensors (got device {device.type!r}); use norm 'gn' for CPU runs")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def parameter_groups(model: nn.Module, *, weight_decay: float, weight_decay_norm: float
+                     ) -> list[dict]:
+    """SGD parameter groups: norm parameters get `weight_decay_norm` (0: Detectron's rule)."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES)
+                   for p in m.parameters(recurse=False)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in norm_params], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in norm_params], "weight_decay": weight_decay_norm},
+    ]

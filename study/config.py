@@ -126,6 +126,37 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """The backbone's pre-training stage (`study pretrain`; the ImageNet analogue)."""
+
+    data: str = "synthetic"  # 'synthetic' or 'imagefolder:PATH'
+    image_size: int = 64
+    epochs: float = 4.0
+    batch_size: int = 64
+    base_lr: float = 0.1  # linear warm-up, then cosine to zero
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    train_images: int = 8000  # of the synthetic set
+    val_images: int = 1000
+    seed: int = 0
+    workers: int = 1  # Ray Train workers; 1 runs in the calling process, without Ray
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.data == "synthetic" or (self.data.startswith("imagefolder:") and len(self.data) > 12),
+                 "data", f"{self.data!r} is not valid: expected 'synthetic' or 'imagefolder:PATH'")
+        for key in ("image_size", "batch_size", "train_images", "val_images", "workers"):
+            _require(getattr(self, key) > 0, key, f"{getattr(self, key)!r} must be > 0")
+        _require(self.epochs > 0, "epochs", f"{self.epochs!r} must be > 0")
+        _require(self.base_lr > 0, "base_lr", f"{self.base_lr!r} must be > 0")
+        _require(self.batch_size % self.workers == 0, "batch_size",
+                 f"{self.batch_size} must be divisible by workers ({self.workers})")
+        _require(self.warmup_iters >= 0 and self.loader_workers >= 0, "warmup_iters",
+                 "warmup_iters and loader_workers must be >= 0")
+
+
+@dataclass(frozen=True)
 class SolverConfig:
     """SGD and the schedule, in iterations at the reference batch `ims_per_batch` (paper §4)."""
 
@@ -248,6 +279,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     lr: LRConfig = field(default_factory=lambda: LRConfig(values=(0.02,)))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

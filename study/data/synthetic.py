@@ -17,14 +17,16 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-CLASSES = ("circle", "triangle", "square", "star", "hexagon")
+CLASSES = ("circle", "triangle", "square", "star", "hexagon")  # the detection classes
 _SPLIT_CODE = {"train": 1, "val": 2}
 _SUPERSAMPLE = 4
 
@@ -58,28 +60,48 @@ class SyntheticPaths:
     val_images: Path
 
 
-def _outline(kind: str, cx: float, cy: float, r: float, angle: float, aspect: float) -> Polygon:
-    """The polygon of one shape: circumradius r, rotated by `angle`, stretched by `aspect`."""
+def _regular(n: int, start: float = -math.pi / 2) -> np.ndarray:
+    t = start + np.arange(n) * 2 * math.pi / n
+    return np.stack([np.cos(t), np.sin(t)], 1)
+
+
+def _unit_shape(kind: str, aspect: float) -> BaseGeometry:
+    """A shape of circumradius ~1 around the origin."""
     if kind == "circle":
-        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
-        pts = np.stack([np.cos(t), np.sin(t) * aspect], 1)
-    elif kind == "triangle":
-        t = np.array([0, 2, 4]) * math.pi / 3 - math.pi / 2
-        pts = np.stack([np.cos(t), np.sin(t)], 1)
-    elif kind == "square":
-        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * np.array([1, aspect]) / math.sqrt(2)
-    elif kind == "star":
-        t = np.arange(10) * math.pi / 5 - math.pi / 2
-        rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-        pts = np.stack([np.cos(t) * rad, np.sin(t) * rad], 1)
-    elif kind == "hexagon":
-        t = np.arange(6) * math.pi / 3
-        pts = np.stack([np.cos(t), np.sin(t)], 1)
-    else:
-        raise ValueError(f"unknown shape {kind!r}; known: {', '.join(CLASSES)}")
-    c, s = math.cos(angle), math.sin(angle)
-    pts = pts @ np.array([[c, s], [-s, c]]) * r + np.array([cx, cy])
-    return Polygon(pts)
+        return Polygon(_regular(40) * np.array([1, aspect]))
+    if kind == "triangle":
+        return Polygon(_regular(3))
+    if kind == "square":
+        return Polygon(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * np.array([1, aspect]) / math.sqrt(2))
+    if kind == "star":
+        return Polygon(_regular(10) * np.where(np.arange(10) % 2 == 0, 1.0, 0.45)[:, None])
+    if kind == "hexagon":
+        return Polygon(_regular(6, 0.0))
+    if kind == "pentagon":
+        return Polygon(_regular(5))
+    if kind == "cross":
+        a, b = 0.3, 0.95
+        return Polygon([(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a),
+                        (-b, a), (-b, -a), (-a, -a)])
+    if kind == "ring":
+        return Polygon(_regular(40), [_regular(40)[::-1] * 0.55])
+    if kind == "crescent":
+        return Polygon(_regular(40)).difference(Polygon(_regular(40) * 0.85 + np.array([0.45, 0.0])))
+    if kind == "arrow":
+        return Polygon([(-1, -0.25), (0.2, -0.25), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.25), (-1, 0.25)])
+    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
+
+
+SHAPES = ("circle", "triangle", "square", "star", "hexagon", "pentagon", "cross", "ring",
+          "crescent", "arrow")
+
+
+def shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float, aspect: float = 1.0
+                  ) -> BaseGeometry:
+    """A shape of circumradius r centred at (cx, cy), rotated by `angle`, stretched by `aspect`."""
+    return affinity.translate(affinity.scale(affinity.rotate(_unit_shape(kind, aspect), angle,
+                                                             origin=(0, 0), use_radians=True),
+                                             r, r, origin=(0, 0)), cx, cy)
 
 
 def _parts(geom: BaseGeometry) -> list[Polygon]:
@@ -104,7 +126,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     base = rng.uniform(30, 225, 3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     direction = rng.uniform(0, 2 * math.pi)
@@ -120,18 +142,40 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32)
 
 
-def _coverage(poly: Polygon, h: int, w: int) -> np.ndarray:
-    """The anti-aliased coverage [H, W] in [0, 1] of a polygon, by 4x supersampling."""
+def _coverage(shape: BaseGeometry, h: int, w: int) -> np.ndarray:
+    """The anti-aliased coverage [H, W, 1] in [0, 1] of a shape (holes included), by 4x supersampling."""
     big = Image.new("L", (w * _SUPERSAMPLE, h * _SUPERSAMPLE), 0)
-    pts = [(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in poly.exterior.coords]
-    ImageDraw.Draw(big).polygon(pts, fill=255)
+    draw = ImageDraw.Draw(big)
+    for part in _parts(shape):
+        draw.polygon([(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in part.exterior.coords], fill=255)
+        for hole in part.interiors:
+            draw.polygon([(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in hole.coords], fill=0)
     return np.asarray(big.resize((w, h), Image.BOX), dtype=np.float32)[..., None] / 255.0
+
+
+def paint(img: np.ndarray, rng: np.random.Generator, shape: BaseGeometry) -> np.ndarray:
+    """`img` (float [H, W, 3]) with `shape` painted on: a colour that stands out from the image's
+    mean, a random shading gradient and a low-frequency texture, anti-aliased edges."""
+    height, width = img.shape[:2]
+    color = rng.uniform(0, 255, 3)
+    while np.abs(color - img.mean((0, 1))).sum() < 90:
+        color = rng.uniform(0, 255, 3)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    shading = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None] / min(height, width) * 35
+    texture = _smooth_noise(rng, height, width, int(rng.integers(4, 10)))[..., None] * 20
+    alpha = _coverage(shape, height, width)
+    return img * (1 - alpha) + (color + shading + texture) * alpha
+
+
+def finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise, then 8-bit pixels."""
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
 def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int
                  ) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
     """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts)."""
-    img = _background(rng, height, width)
+    img = background(rng, height, width)
     frame = box(0, 0, width, height)
     placed: list[tuple[int, Polygon, float]] = []  # (class, full clipped shape, its area)
     visible: list[BaseGeometry] = []
@@ -142,7 +186,7 @@ def render_image(rng: np.random.Generator, width: int, height: int, n_objects: i
             cls = int(rng.integers(len(CLASSES)))
             r = rng.uniform(0.14, 0.36) * short
             cx, cy = rng.uniform(0.15 * width, 0.85 * width), rng.uniform(0.15 * height, 0.85 * height)
-            shape = _outline(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
+            shape = shape_polygon(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
             shape = shape.intersection(frame)
             if not isinstance(shape, Polygon) or shape.area < min_area:
                 continue
@@ -151,18 +195,10 @@ def render_image(rng: np.random.Generator, width: int, height: int, n_objects: i
                 visible = occluded + [shape]
                 placed.append((cls, shape, shape.area))
                 break
-    for cls, shape, _ in placed:  # drawn bottom to top: later objects occlude earlier ones
-        color = rng.uniform(0, 255, 3)
-        while np.abs(color - img.mean((0, 1))).sum() < 90:
-            color = rng.uniform(0, 255, 3)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        shading = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None] / short * 35
-        texture = _smooth_noise(rng, height, width, int(rng.integers(4, 10)))[..., None] * 20
-        alpha = _coverage(shape, height, width)
-        img = img * (1 - alpha) + (color + shading + texture) * alpha
-    img = img + rng.normal(0, 6, img.shape)  # sensor noise
+    for _, shape, _ in placed:  # drawn bottom to top: later objects occlude earlier ones
+        img = paint(img, rng, shape)
     instances = [(cls, _parts(v)) for (cls, _, _), v in zip(placed, visible)]
-    return np.clip(img, 0, 255).astype(np.uint8), instances
+    return finish(img, rng), instances
 
 
 def _annotation(ann_id: int, image_id: int, cls: int, parts: list[Polygon], h: int, w: int) -> dict:
@@ -214,20 +250,35 @@ def synthetic_paths(out: str | Path) -> SyntheticPaths:
     return SyntheticPaths(out / "train.json", out / "train", out / "val.json", out / "val")
 
 
+def build_once(out: Path, spec: Any, build: Callable[[], None], *, force: bool = False,
+               stale: tuple[str, ...] = ()) -> bool:
+    """Run `build()` to fill `out` unless `out` already holds a complete build of `spec`.
+
+    A marker with the spec is written last, so an interrupted build is redone; files matching
+    the `stale` globs are removed first (a smaller set must not keep a larger one's images).
+    Returns whether it built.
+    """
+    marker = out / "synth_spec.json"
+    if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    for pattern in stale:
+        for path in out.glob(pattern):
+            path.unlink()
+    build()
+    marker.write_text(json.dumps(asdict(spec)))
+    return True
+
+
 def write_synthetic(out: str | Path, spec: SynthSpec = SynthSpec(), *, force: bool = False,
                     progress: Callable[[str], None] | None = None) -> SyntheticPaths:
     """Generate the train and val splits into `out`, or reuse them if `out` holds this spec."""
     out = Path(out)
-    paths = synthetic_paths(out)
-    marker = out / "synth_spec.json"
-    if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec) \
-            and paths.train_annotations.is_file() and paths.val_annotations.is_file():
-        return paths
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    for stale in [*out.glob("train/[0-9]*.png"), *out.glob("val/[0-9]*.png")]:
-        stale.unlink()  # a smaller set must not leave images of a larger one behind
-    write_split(out, "train", spec.train_images, spec, progress)
-    write_split(out, "val", spec.val_images, spec, progress)
-    marker.write_text(json.dumps(asdict(spec)))  # written last: its presence means complete
-    return paths
+
+    def build() -> None:
+        write_split(out, "train", spec.train_images, spec, progress)
+        write_split(out, "val", spec.val_images, spec, progress)
+
+    build_once(out, spec, build, force=force, stale=("train/[0-9]*.png", "val/[0-9]*.png"))
+    return synthetic_paths(out)

@@ -11,8 +11,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from models.choices import NORMS, PROFILES
 from models.classifier import backbone_state, build_classifier
 from models.init import init_scratch, load_backbone
-from models.mask_rcnn import DETECTOR_PROFILES, build_mask_rcnn, parameter_groups
-from models.norms import NORM_TYPES, convert_sync_batchnorm, get_norm, gn_groups
+from models.mask_rcnn import DETECTOR_PROFILES, build_mask_rcnn
+from models.norms import NORM_TYPES, convert_sync_batchnorm, get_norm, gn_groups, parameter_groups
 
 SMALL_BACKBONES = ("resnet18", "resnet50")
 

@@ -1,0 +1,217 @@
+"""`study pretrain`: train the detector's backbone as a classifier, write the checkpoint that
+`init: pretrained` loads.
+
+The checkpoint is `{"backbone": state dict, "meta": {...}}` and loads with
+`torch.load(weights_only=True)`. Its metadata records what the pre-training saw (images,
+instances, pixels: the paper's Fig. 2 counts it), the data, image size, backbone, norm, epochs
+and the final train/val accuracy.
+
+With `workers: 1` it trains in the calling process; with more it runs data-parallel on Ray
+Train (one TorchTrainer; the loop is the same function, sharded by rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from models.classifier import backbone_state, build_classifier
+from models.norms import convert_sync_batchnorm, parameter_groups
+from study.config import PretrainConfig
+from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
+
+
+def cosine_lr(iteration: int, total: int, base_lr: float, warmup_iters: int) -> float:
+    """Linear warm-up from 0, then a cosine from `base_lr` to 0 at `total` iterations."""
+    if iteration < warmup_iters:
+        return base_lr * (iteration + 1) / warmup_iters
+    progress = (iteration - warmup_iters) / max(1, total - warmup_iters)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def classification_data(pcfg: PretrainConfig, data_dir: str | Path,
+                        progress: Callable[[str], None] = print) -> tuple[Dataset, Dataset, list[str], str]:
+    """(train, val, classes, description) for `pcfg.data`; the synthetic set is cached in `data_dir`."""
+    if pcfg.data == "synthetic":
+        spec = ClassSynthSpec(train_images=pcfg.train_images, val_images=pcfg.val_images,
+                              image_size=pcfg.image_size, seed=pcfg.seed)
+        root = write_classification_set(data_dir, spec, progress=progress)
+        description = f"synthetic shapes ({spec.train_images} train, seed {spec.seed})"
+    else:
+        root = Path(pcfg.data.removeprefix("imagefolder:")).expanduser().resolve()
+        description = f"ImageFolder {root}"
+    train, val, classes = load_image_folder(root, pcfg.image_size, seed=pcfg.seed)
+    return train, val, classes, description
+
+
+def _all_reduce(values: list[float], world_size: int) -> list[float]:
+    if world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, rank: int, world_size: int,
+                  device: torch.device) -> float:
+    model.eval()
+    shard = torch.utils.data.Subset(val, list(range(rank, len(val), world_size)))
+    correct = total = 0
+    for images, labels in DataLoader(shard, batch_size=batch_size):
+        pred = model(images.to(device)).argmax(1).cpu()
+        correct += int((pred == labels).sum())
+        total += labels.numel()
+    correct, total = _all_reduce([correct, total], world_size)
+    model.train()
+    return correct / max(total, 1)
+
+
+def train_classifier(pcfg: PretrainConfig, *, backbone: str, norm: str, data_dir: str | Path,
+                     rank: int = 0, world_size: int = 1,
+                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                     progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train; return (backbone state dict, metadata). Rank r of `world_size` trains its shard."""
+    say = progress if rank == 0 else (lambda _msg: None)
+    start = time.perf_counter()
+    train, val, classes, description = classification_data(pcfg, data_dir, say)
+    torch.manual_seed(pcfg.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_classifier(backbone=backbone, norm=norm, num_classes=len(classes)).to(device)
+    if norm == "syncbn" and world_size > 1:
+        if device.type != "cuda":
+            say("norm syncbn on CPU workers: pre-training with per-worker BatchNorm")
+        else:
+            model = convert_sync_batchnorm(model, norm, device)
+    net = wrap(model)
+    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0),
+                                lr=pcfg.base_lr, momentum=pcfg.momentum)
+    per_rank = pcfg.batch_size // world_size
+    iterations = max(1, round(pcfg.epochs * len(train) / pcfg.batch_size))
+    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=pcfg.seed, drop_last=True)
+    loader = DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=True,
+                        num_workers=pcfg.loader_workers, persistent_workers=pcfg.loader_workers > 0)
+    say(f"pre-training {backbone}-{norm} on {description}: {len(train)} train / {len(val)} val images, "
+        f"{len(classes)} classes, {iterations} iterations of {pcfg.batch_size} ({pcfg.epochs:g} epochs), "
+        f"{world_size} worker(s)")
+    loss_fn = nn.CrossEntropyLoss()
+    it, epoch, window = 0, 0, [0.0, 0.0, 0.0]  # loss sum, correct, seen (since the last print)
+    last_acc, tick = 0.0, time.perf_counter()
+    every = max(1, iterations // 10)
+    while it < iterations:
+        sampler.set_epoch(epoch)
+        for images, labels in loader:
+            if it >= iterations:
+                break
+            lr = cosine_lr(it, iterations, pcfg.base_lr, pcfg.warmup_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = net(images.to(device, non_blocking=True))
+            loss = loss_fn(logits, labels.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pre-training loss is {loss.item()} at iteration {it}: "
+                                         f"lower pretrain.base_lr (now {pcfg.base_lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            window[0] += loss.item() * labels.numel()
+            window[1] += float((logits.argmax(1).cpu() == labels).sum())
+            window[2] += labels.numel()
+            it += 1
+            if it % every == 0 or it == iterations:
+                loss_sum, correct, seen = _all_reduce(window, world_size)
+                last_acc = correct / seen
+                now = time.perf_counter()
+                say(f"  it {it}/{iterations}  lr {lr:.4f}  loss {loss_sum / seen:.3f}  train acc "
+                    f"{100 * last_acc:.1f}%  {seen / (now - tick):.0f} img/s")
+                window, tick = [0.0, 0.0, 0.0], now
+        epoch += 1
+    val_acc = _val_accuracy(model, val, per_rank, rank, world_size, device)
+    images_seen = iterations * pcfg.batch_size
+    meta = {
+        "backbone": backbone, "norm": norm, "data": description, "classes": len(classes),
+        "image_size": pcfg.image_size, "iterations": iterations, "batch_size": pcfg.batch_size,
+        "epochs": images_seen / len(train), "images_seen": images_seen,
+        # one labelled object per image, as the paper counts ImageNet (Fig. 2)
+        "instances_seen": images_seen, "pixels_seen": images_seen * pcfg.image_size ** 2,
+        "train_accuracy": last_acc, "val_accuracy": val_acc, "chance_accuracy": 1 / len(classes),
+        "seconds": time.perf_counter() - start, "workers": world_size, "seed": pcfg.seed,
+    }
+    say(f"val accuracy {100 * val_acc:.1f}% (chance {100 / len(classes):.1f}%) after "
+        f"{meta['seconds']:.0f} s")
+    return backbone_state(model), meta
+
+
+def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write atomically: a crash never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"backbone": state, "meta": meta}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: train its shard; rank 0 hands the weights back as a checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    state, meta = train_classifier(PretrainConfig(**config["pretrain"]), backbone=config["backbone"],
+                                   norm=config["norm"], data_dir=config["data_dir"],
+                                   rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+                                   wrap=ray.train.torch.prepare_model)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if ctx.get_world_rank() == 0:
+            save_checkpoint(Path(tmp) / "pretrain.pt", state, meta)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(meta, checkpoint=checkpoint)  # a barrier: every rank calls it
+
+
+def run_pretrain(pcfg: PretrainConfig, *, backbone: str, norm: str, out: str | Path,
+                 data_dir: str | Path, use_gpu: bool = False,
+                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pre-train and write the checkpoint to `out`; return its metadata."""
+    data_dir = Path(data_dir).resolve()  # Ray workers change directory
+    if pcfg.workers == 1:
+        state, meta = train_classifier(pcfg, backbone=backbone, norm=norm, data_dir=data_dir,
+                                       progress=progress)
+    else:
+        import ray
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        if pcfg.data == "synthetic":  # generate once, before the workers race to do it
+            classification_data(pcfg, data_dir, progress)
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(os.cpu_count() or 1, pcfg.workers + 1), include_dashboard=False,
+                     log_to_driver=True)
+        with tempfile.TemporaryDirectory(prefix="pretrain_") as storage:
+            result = TorchTrainer(
+                _ray_worker,
+                train_loop_config={"pretrain": dataclasses.asdict(pcfg), "backbone": backbone,
+                                   "norm": norm, "data_dir": str(data_dir)},
+                scaling_config=ray.train.ScalingConfig(num_workers=pcfg.workers, use_gpu=use_gpu),
+                run_config=ray.train.RunConfig(name="pretrain", storage_path=storage),
+            ).fit()
+            assert result.checkpoint is not None
+            with result.checkpoint.as_directory() as d:
+                saved = torch.load(Path(d) / "pretrain.pt", map_location="cpu", weights_only=True)
+            state, meta = saved["backbone"], saved["meta"]
+    save_checkpoint(out, state, meta)
+    progress(f"wrote {out}")
+    return meta

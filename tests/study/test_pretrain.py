@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.init import load_backbone
+from models.mask_rcnn import build_mask_rcnn
+from study.cli import main
+from study.config import ConfigError, PretrainConfig
+from study.data.checks import DataError
+from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
+from study.data.synthetic import SHAPES
+from study.pretrain import cosine_lr, run_pretrain
+
+TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0, batch_size=8,
+                      warmup_iters=2, base_lr=0.02)
+
+
+def test_cosine_lr_exact_values() -> None:
+    lrs = [cosine_lr(i, 100, 0.1, 10) for i in (0, 4, 9, 10, 55, 100, 120)]
+    assert lrs == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.05, 0.0, 0.0])
+
+
+def test_classification_set_is_a_balanced_deterministic_image_folder(tmp_path: Path) -> None:
+    spec = ClassSynthSpec(train_images=30, val_images=10, image_size=32, seed=1)
+    root = write_classification_set(tmp_path / "a", spec)
+    again = write_classification_set(tmp_path / "b", spec)
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted(SHAPES)
+    assert all(len(list((root / "train" / c).iterdir())) == 3 for c in SHAPES)
+    for f in (root / "val").rglob("*.png"):
+        assert f.read_bytes() == (again / f.relative_to(root)).read_bytes()
+    train, val, classes = load_image_folder(root, 32)
+    assert (len(train), len(val), classes) == (30, 10, sorted(SHAPES))
+    image, label = train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= label < 10
+
+
+def test_image_folder_without_val_holds_out_a_tenth(tmp_path: Path) -> None:
+    root = write_classification_set(tmp_path / "set", ClassSynthSpec(train_images=50, val_images=10,
+                                                                     image_size=32))
+    for f in (root / "val").rglob("*.png"):
+        f.unlink()
+    for d in (root / "val").iterdir():
+        d.rmdir()
+    (root / "val").rmdir()
+    train, val, _ = load_image_folder(root, 32, seed=0)
+    assert (len(train), len(val)) == (45, 5)
+    assert load_image_folder(root, 32, seed=0)[1].indices == val.indices
+    assert set(train.indices).isdisjoint(val.indices)
+    with pytest.raises(DataError, match="is not an ImageFolder tree"):
+        load_image_folder(tmp_path / "nothing", 32)
+
+
+def test_pretrain_writes_a_checkpoint_the_detector_loads(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt.pt"
+    meta = run_pretrain(TINY, backbone="resnet18", norm="gn", out=out, data_dir=tmp_path / "data",
+                        progress=lambda _m: None)
+    saved = torch.load(out, weights_only=True)
+    assert saved["meta"] == meta
+    assert meta["iterations"] == 5 and meta["images_seen"] == 40 == 5 * 8
+    assert meta["instances_seen"] == 40 and meta["pixels_seen"] == 40 * 32 * 32
+    assert meta["classes"] == 10 and meta["chance_accuracy"] == 0.1 and 0 <= meta["val_accuracy"] <= 1
+    assert (meta["backbone"], meta["norm"], meta["image_size"]) == ("resnet18", "gn", 32)
+    assert not any(k.startswith("fc.") for k in saved["backbone"])
+    detector = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=5, profile="tiny",
+                               min_size=64, max_size=64)
+    report = load_backbone(detector, out)
+    assert len(report.loaded) == len(saved["backbone"]) and not report.note
+    assert report.meta["images_seen"] == 40
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_pretrain_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.pt"
+    assert main(["pretrain", "--out", str(out), "--train-images", "16", "--val-images", "10",
+                 "--image-size", "32", "--batch-size", "8", "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "16 images seen (1.0 epochs)" in text and f"model.pretrained_weights: {out}" in text
+    assert (tmp_path / "pretrain_data" / "train" / "star").is_dir()
+    assert main(["pretrain", "--out", str(out), "--batch-size", "6", "--workers", "4"]) == 2
+    assert "batch_size: 6 must be divisible by workers (4)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="expected 'synthetic' or 'imagefolder:PATH'"):
+        PretrainConfig(data="imagenet")
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
+    """Data-parallel pre-training through Ray Train (gloo on CPU), rank 0's weights returned."""
+    import ray
+
+    pcfg = PretrainConfig(**{**TINY.__dict__, "workers": 2})
+    try:
+        meta = run_pretrain(pcfg, backbone="resnet18", norm="gn", out=tmp_path / "ddp.pt",
+                            data_dir=tmp_path / "data", progress=lambda _m: None)
+    finally:
+        ray.shutdown()
+    assert meta["workers"] == 2 and meta["images_seen"] == 40 and meta["iterations"] == 5
+    assert torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]["workers"] == 2
