@@ -32,7 +32,8 @@ from study.engine import evaluate, train_step
 def run_arm(init: str, seed: int, args: argparse.Namespace, train: InstanceDataset,
             val: InstanceDataset, meta: dict) -> dict:
     torch.manual_seed(seed)
-    model = build_mask_rcnn(backbone=meta["backbone"], norm=meta["norm"], num_classes=train.split.num_classes,
+    model = build_mask_rcnn(backbone=meta["backbone"], norm=args.norm or meta["norm"],
+                            num_classes=train.split.num_classes,
                             profile="tiny", min_size=args.image_size, max_size=args.image_size)
     init_scratch(model)
     if init == "pretrained":
@@ -60,6 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pretrained", type=Path, required=True, help="a `study pretrain` checkpoint")
     p.add_argument("--data", type=Path, default=Path("data/synthetic"), help="synthetic set (made if missing)")
+    p.add_argument("--norm", default=None, help="the detector's norm (default: the checkpoint's)")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--eval-at", default="100,200,300", help="comma-separated iterations")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -17,19 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.choices import BACKBONES, NORMS
-from study.config import ConfigError, PretrainConfig, dump_study, load_study
+from study.config import PretrainConfig, dump_study, load_study
+from study.errors import ConfigError
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from study.data.synthetic import SynthSpec, write_synthetic
 
-    try:
-        spec = SynthSpec(train_images=args.train_images, val_images=args.val_images,
-                         image_size=args.image_size, seed=args.seed,
-                         min_objects=args.min_objects, max_objects=args.max_objects)
-    except ValueError as e:
-        print(f"study data synth: {e}", file=sys.stderr)
-        return 2
+    spec = SynthSpec(train_images=args.train_images, val_images=args.val_images,
+                     image_size=args.image_size, seed=args.seed,
+                     min_objects=args.min_objects, max_objects=args.max_objects)
     start = time.perf_counter()
     print(f"writing {spec.train_images} train + {spec.val_images} val images "
           f"({spec.image_size} px, seed {spec.seed}) to {args.out}")
@@ -77,7 +74,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     pcfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     out = args.out.resolve()
     data_dir = args.data_dir or out.parent / "pretrain_data"
-    meta = run_pretrain(pcfg, backbone=args.backbone, norm=args.norm, out=out, data_dir=data_dir)
+    meta = run_pretrain(pcfg, backbone=args.backbone, out=out, data_dir=data_dir)
     print(f"{meta['images_seen']} images seen ({meta['epochs']:.1f} epochs), val accuracy "
           f"{100 * meta['val_accuracy']:.1f}% (chance {100 * meta['chance_accuracy']:.1f}%); "
           f"use it with init: pretrained and model.pretrained_weights: {out}")
@@ -142,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--data-dir", type=Path, default=None,
                           help="where the synthetic set is generated (default: beside --out)")
     pretrain.add_argument("--backbone", choices=BACKBONES, default="resnet18", help="default resnet18")
-    pretrain.add_argument("--norm", choices=NORMS, default="gn", help="default gn")
+    pretrain.add_argument("--norm", choices=NORMS, default=None,
+                          help="the classifier's norm (default bn; see the README)")
+    pretrain.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default adamw")
     defaults = PretrainConfig()
     for flag, key, kind in (("--epochs", "epochs", float), ("--image-size", "image_size", int),
                             ("--batch-size", "batch_size", int), ("--lr", "base_lr", float),

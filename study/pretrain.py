@@ -78,12 +78,13 @@ def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, rank: int, wo
     return correct / max(total, 1)
 
 
-def train_classifier(pcfg: PretrainConfig, *, backbone: str, norm: str, data_dir: str | Path,
+def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Path,
                      rank: int = 0, world_size: int = 1,
                      wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                      progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train; return (backbone state dict, metadata). Rank r of `world_size` trains its shard."""
     say = progress if rank == 0 else (lambda _msg: None)
+    norm = pcfg.norm
     start = time.perf_counter()
     train, val, classes, description = classification_data(pcfg, data_dir, say)
     torch.manual_seed(pcfg.seed)
@@ -95,8 +96,11 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, norm: str, data_dir
         else:
             model = convert_sync_batchnorm(model, norm, device)
     net = wrap(model)
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0),
-                                lr=pcfg.base_lr, momentum=pcfg.momentum)
+    groups = parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0)
+    if pcfg.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=pcfg.base_lr, momentum=pcfg.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=pcfg.base_lr)
     per_rank = pcfg.batch_size // world_size
     iterations = max(1, round(pcfg.epochs * len(train) / pcfg.batch_size))
     sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True,
@@ -171,7 +175,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     state, meta = train_classifier(PretrainConfig(**config["pretrain"]), backbone=config["backbone"],
-                                   norm=config["norm"], data_dir=config["data_dir"],
+                                   data_dir=config["data_dir"],
                                    rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                                    wrap=ray.train.torch.prepare_model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,14 +186,13 @@ def _ray_worker(config: dict[str, Any]) -> None:
         ray.train.report(meta, checkpoint=checkpoint)  # a barrier: every rank calls it
 
 
-def run_pretrain(pcfg: PretrainConfig, *, backbone: str, norm: str, out: str | Path,
+def run_pretrain(pcfg: PretrainConfig, *, backbone: str, out: str | Path,
                  data_dir: str | Path, use_gpu: bool = False,
                  progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Pre-train and write the checkpoint to `out`; return its metadata."""
     data_dir = Path(data_dir).resolve()  # Ray workers change directory
     if pcfg.workers == 1:
-        state, meta = train_classifier(pcfg, backbone=backbone, norm=norm, data_dir=data_dir,
-                                       progress=progress)
+        state, meta = train_classifier(pcfg, backbone=backbone, data_dir=data_dir, progress=progress)
     else:
         import ray
         import ray.train
@@ -204,7 +207,7 @@ def run_pretrain(pcfg: PretrainConfig, *, backbone: str, norm: str, out: str | P
             result = TorchTrainer(
                 _ray_worker,
                 train_loop_config={"pretrain": dataclasses.asdict(pcfg), "backbone": backbone,
-                                   "norm": norm, "data_dir": str(data_dir)},
+                                   "data_dir": str(data_dir)},
                 scaling_config=ray.train.ScalingConfig(num_workers=pcfg.workers, use_gpu=use_gpu),
                 run_config=ray.train.RunConfig(name="pretrain", storage_path=storage),
             ).fit()

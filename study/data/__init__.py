@@ -1,12 +1,8 @@
-"""Detection data: COCO loading and checks, nested subsets, data order, the synthetic set."""
+"""Detection and classification data. Import from the modules (importing this package loads no torch):
 
-from study.data.checks import CheckReport, DataError, check_file, check_instances
-from study.data.coco import CocoSplit, InstanceDataset, collate, index_coco, load_coco
-from study.data.sampling import IterationBatchSampler, global_batch, nested_subset, rank_slice, subset_size
-from study.data.synthetic import SynthSpec, write_synthetic
-
-__all__ = [
-    "CheckReport", "CocoSplit", "DataError", "InstanceDataset", "IterationBatchSampler", "SynthSpec",
-    "check_file", "check_instances", "collate", "global_batch", "index_coco", "load_coco",
-    "nested_subset", "rank_slice", "subset_size", "write_synthetic",
-]
+- `study.data.coco`: `load_coco`, `InstanceDataset`, `collate` (COCO instances through pycocotools)
+- `study.data.checks`: `check_file`, `check_instances` (what `study data check` reports)
+- `study.data.sampling`: nested subsets and the data order, pure functions of seeds and iterations
+- `study.data.synthetic`: the embedded synthetic detection set (`study data synth`)
+- `study.data.classification`: the pre-training stage's data (synthetic shapes or ImageFolder)
+"""

@@ -15,11 +15,9 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from study.errors import DataError
+
 ImageCheck = Literal["none", "exists", "header", "decode"]
-
-
-class DataError(ValueError):
-    """A dataset that cannot be trained on; the message lists each problem with its record id."""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@
 - `synthetic`: generated here and written as such a tree. It is drawn from a *different*
   distribution than the detection set, as ImageNet differs from COCO: ten shape classes (the
   detection set has five), one object per image, off-centre, over a wide range of scales, on
-  the same kind of noisy, shaded, cluttered backgrounds, sometimes beside a small distractor.
-  Planning measurements (issue #3) found that clean, centred shapes transfer nothing to
-  detection, while this harder, object-centric variant gives the paper's early advantage.
+  the same kind of shaded, blotchy, noisy backgrounds (a little calmer). Planning measurements
+  (issue #3) found that clean, centred shapes transfer nothing to detection; this harder,
+  object-centric set is learnable in CPU minutes by a BatchNorm ResNet-18 (62.6% val accuracy,
+  chance 10%, after 600 iterations of 64) and its convs speed up early detection training
+  (bench/transfer.py).
 
 Images are normalised with ImageNet's mean and std, as torchvision's Mask R-CNN normalises its
 input, so the backbone sees the same input statistics in both stages.
@@ -27,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from study.data.checks import DataError
+from study.errors import DataError
 from study.data.synthetic import SHAPES, background, build_once, finish, paint, shape_polygon
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's GeneralizedRCNNTransform defaults
@@ -38,23 +40,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ClassSynthSpec:
     """The synthetic classification set: `train_images` + `val_images`, balanced over SHAPES."""
 
-    train_images: int = 8000
-    val_images: int = 1000
+    train_images: int = 6000
+    val_images: int = 500
     image_size: int = 64
     seed: int = 0
 
 
 def render_classification_image(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
-    """One square image (uint8 [size, size, 3]) whose main object is of class `cls`."""
-    img = background(rng, size, size)
-    if rng.random() < 0.5:  # a small distractor of any class, under the main object
-        r = rng.uniform(0.08, 0.14) * size
-        img = paint(img, rng, shape_polygon(SHAPES[int(rng.integers(len(SHAPES)))],
-                                            *rng.uniform(r, size - r, 2), r, rng.uniform(0, 2 * math.pi)))
-    r = rng.uniform(0.16, 0.5) * size  # wide scale range
-    cx, cy = rng.uniform(0.6 * r, size - 0.6 * r, 2)  # off-centre, partly cut at the border
+    """One square image (uint8 [size, size, 3]) whose object is of class `cls`."""
+    img = background(rng, size, size, blobs=15.0, clutter=2)
+    r = rng.uniform(0.15, 0.45) * size  # wide scale range
+    cx, cy = rng.uniform(r, size - r, 2)  # off-centre, inside the frame
     shape = shape_polygon(SHAPES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.0))
-    return finish(paint(img, rng, shape), rng)
+    return finish(paint(img, rng, shape, texture=10.0), rng)
 
 
 def write_classification_set(out: str | Path, spec: ClassSynthSpec = ClassSynthSpec(), *,

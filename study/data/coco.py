@@ -29,7 +29,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from study.data.checks import DataError, ImageCheck, check_file
+from study.data.checks import ImageCheck, check_file
+from study.errors import DataError
 
 
 @dataclass(frozen=True)

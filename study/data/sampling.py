@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Sampler
 
-from study.data.checks import DataError
+from study.errors import DataError
 
 
 def subset_size(total: int, *, train_images: int | Literal["full"] | None = None,

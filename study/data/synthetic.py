@@ -26,6 +26,8 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from study.errors import require
+
 CLASSES = ("circle", "triangle", "square", "star", "hexagon")  # the detection classes
 _SPLIT_CODE = {"train": 1, "val": 2}
 _SUPERSAMPLE = 4
@@ -43,13 +45,11 @@ class SynthSpec:
     max_objects: int = 4
 
     def __post_init__(self) -> None:
-        if self.train_images < 1 or self.val_images < 1:
-            raise ValueError("train_images and val_images must be >= 1")
-        if self.image_size < 32:
-            raise ValueError(f"image_size {self.image_size} must be >= 32 pixels")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got "
-                             f"{self.min_objects}, {self.max_objects}")
+        require(self.train_images >= 1, "train_images", f"{self.train_images!r} must be >= 1")
+        require(self.val_images >= 1, "val_images", f"{self.val_images!r} must be >= 1")
+        require(self.image_size >= 32, "image_size", f"{self.image_size!r} must be >= 32 pixels")
+        require(1 <= self.min_objects <= self.max_objects, "max_objects",
+                f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,18 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
 
 
-def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int, *, blobs: float = 30.0, clutter: int = 3
+               ) -> np.ndarray:
+    """A shaded, blotchy, noisy background with up to `clutter` faint lines (float [H, W, 3])."""
     base = rng.uniform(30, 225, 3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     direction = rng.uniform(0, 2 * math.pi)
     ramp = (np.cos(direction) * xx / w + np.sin(direction) * yy / h)[..., None]
     img = base + rng.uniform(-40, 40) * ramp
-    img = img + np.stack([_smooth_noise(rng, h, w, int(rng.integers(3, 7))) for _ in range(3)], -1) * 30
+    img = img + np.stack([_smooth_noise(rng, h, w, int(rng.integers(3, 7))) for _ in range(3)], -1) * blobs
     canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(0, 4))):  # faint clutter that is not an object
+    for _ in range(int(rng.integers(0, clutter + 1))):  # faint clutter that is not an object
         x0, y0, x1, y1 = rng.uniform(0, [w, h, w, h])
         shade = tuple(int(v) for v in np.clip(base + rng.uniform(-50, 50, 3), 0, 255))
         draw.line([(x0, y0), (x1, y1)], fill=shade, width=int(rng.integers(1, 3)))
@@ -153,7 +155,8 @@ def _coverage(shape: BaseGeometry, h: int, w: int) -> np.ndarray:
     return np.asarray(big.resize((w, h), Image.BOX), dtype=np.float32)[..., None] / 255.0
 
 
-def paint(img: np.ndarray, rng: np.random.Generator, shape: BaseGeometry) -> np.ndarray:
+def paint(img: np.ndarray, rng: np.random.Generator, shape: BaseGeometry, *, texture: float = 20.0
+          ) -> np.ndarray:
     """`img` (float [H, W, 3]) with `shape` painted on: a colour that stands out from the image's
     mean, a random shading gradient and a low-frequency texture, anti-aliased edges."""
     height, width = img.shape[:2]
@@ -162,9 +165,9 @@ def paint(img: np.ndarray, rng: np.random.Generator, shape: BaseGeometry) -> np.
         color = rng.uniform(0, 255, 3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     shading = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None] / min(height, width) * 35
-    texture = _smooth_noise(rng, height, width, int(rng.integers(4, 10)))[..., None] * 20
+    pattern = _smooth_noise(rng, height, width, int(rng.integers(4, 10)))[..., None] * texture
     alpha = _coverage(shape, height, width)
-    return img * (1 - alpha) + (color + shading + texture) * alpha
+    return img * (1 - alpha) + (color + shading + pattern) * alpha
 
 
 def finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

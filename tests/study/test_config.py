@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from study.cli import main
-from study.config import (ConfigError, GridConfig, LRConfig, StudyConfig, dump_study, load_study,
+from study.config import (GridConfig, LRConfig, StudyConfig, dump_study, load_study,
                           study_from_dict)
+from study.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -8,14 +8,15 @@ import torch
 from models.init import load_backbone
 from models.mask_rcnn import build_mask_rcnn
 from study.cli import main
-from study.config import ConfigError, PretrainConfig
-from study.data.checks import DataError
+from study.config import PretrainConfig
+from study.errors import ConfigError
+from study.errors import DataError
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.data.synthetic import SHAPES
 from study.pretrain import cosine_lr, run_pretrain
 
 TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0, batch_size=8,
-                      warmup_iters=2, base_lr=0.02)
+                      warmup_iters=2, norm="gn")
 
 
 def test_cosine_lr_exact_values() -> None:
@@ -55,7 +56,7 @@ def test_image_folder_without_val_holds_out_a_tenth(tmp_path: Path) -> None:
 
 def test_pretrain_writes_a_checkpoint_the_detector_loads(tmp_path: Path) -> None:
     out = tmp_path / "ckpt.pt"
-    meta = run_pretrain(TINY, backbone="resnet18", norm="gn", out=out, data_dir=tmp_path / "data",
+    meta = run_pretrain(TINY, backbone="resnet18", out=out, data_dir=tmp_path / "data",
                         progress=lambda _m: None)
     saved = torch.load(out, weights_only=True)
     assert saved["meta"] == meta
@@ -92,7 +93,7 @@ def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
 
     pcfg = PretrainConfig(**{**TINY.__dict__, "workers": 2})
     try:
-        meta = run_pretrain(pcfg, backbone="resnet18", norm="gn", out=tmp_path / "ddp.pt",
+        meta = run_pretrain(pcfg, backbone="resnet18", out=tmp_path / "ddp.pt",
                             data_dir=tmp_path / "data", progress=lambda _m: None)
     finally:
         ray.shutdown()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
-from study.data.checks import DataError, check_file, check_instances
+from study.data.checks import check_file, check_instances
+from study.errors import DataError
 from study.data.coco import load_coco
 
 

@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from study.data.checks import DataError
+from study.errors import DataError
 from study.data.sampling import (IterationBatchSampler, _epoch_order, global_batch, nested_subset,
                                  rank_slice, subset_size)
 

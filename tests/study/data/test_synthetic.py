@@ -83,4 +83,4 @@ def test_cli_writes_then_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert sorted(p.name for p in (out / "train").iterdir()) == ["000001.png", "000002.png", "000003.png"]
     assert main(["data", "check", str(out / "train.json"), "--images", str(out / "train")]) == 0
     assert main(["data", "synth", "--out", str(out), "--image-size", "8"]) == 2
-    assert "image_size 8 must be >= 32" in capsys.readouterr().err
+    assert "image_size: 8 must be >= 32 pixels" in capsys.readouterr().err
