@@ -11,6 +11,7 @@ Exit codes: 0 success, 1 the data has errors, 2 a usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -65,9 +66,6 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from study.config import PretrainConfig
     from study.pretrain import run_pretrain
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}

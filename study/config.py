@@ -346,7 +346,7 @@ def _build(cls: Any, data: Any, key: str) -> Any:
         return cls(**kwargs)
     except ConfigError as e:
         raise e.under(key) from None
-    except TypeError as e:  # a required key is missing
+    except TypeError:  # a required key is missing
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in data and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]

@@ -13,6 +13,8 @@ Train (one TorchTrainer; the loop is the same function, sharded by rank).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -218,3 +220,27 @@ def run_pretrain(pcfg: PretrainConfig, *, backbone: str, out: str | Path,
     save_checkpoint(out, state, meta)
     progress(f"wrote {out}")
     return meta
+
+
+def cached_checkpoint_path(pcfg: PretrainConfig, backbone: str, cache_dir: str | Path) -> Path:
+    """Where the checkpoint of (pcfg, backbone) is cached: the name carries a hash of both."""
+    key = json.dumps({"backbone": backbone, **dataclasses.asdict(pcfg)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"pretrain-{backbone}-{pcfg.norm}-{digest}.pt"
+
+
+def ensure_pretrained(pcfg: PretrainConfig, *, backbone: str, cache_dir: str | Path,
+                      progress: Callable[[str], None] = print) -> Path:
+    """The cached checkpoint for (pcfg, backbone), pre-training it first if it is missing.
+
+    What a study with `init: pretrained` and no `model.pretrained_weights` uses: the first run
+    pays for pre-training, later runs (and other studies with the same settings) reuse it.
+    """
+    path = cached_checkpoint_path(pcfg, backbone, cache_dir)
+    if path.is_file():
+        progress(f"pretrained backbone: reusing {path}")
+        return path
+    progress(f"pretrained backbone: {path.name} is not cached yet, pre-training it")
+    run_pretrain(pcfg, backbone=backbone, out=path, data_dir=Path(cache_dir) / "pretrain_data",
+                 progress=progress)
+    return path

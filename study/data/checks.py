@@ -9,6 +9,7 @@ knowing but harmless (a category nobody uses).
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -252,8 +253,6 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
 def check_file(annotations: str | Path, image_root: str | Path | None = None, *,
                images: ImageCheck = "header") -> tuple[CheckReport, Any]:
     """Read and check an annotations file: (report, parsed JSON or None if unreadable)."""
-    import json
-
     path = Path(annotations)
     report = CheckReport(source=str(path))
     if not path.is_file():

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from study.errors import DataError
 from study.data.synthetic import SHAPES, background, build_once, finish, paint, shape_polygon
+from study.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's GeneralizedRCNNTransform defaults
 IMAGENET_STD = (0.229, 0.224, 0.225)

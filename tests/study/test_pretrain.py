@@ -13,7 +13,7 @@ from study.errors import ConfigError
 from study.errors import DataError
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.data.synthetic import SHAPES
-from study.pretrain import cosine_lr, run_pretrain
+from study.pretrain import cached_checkpoint_path, cosine_lr, ensure_pretrained, run_pretrain
 
 TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0, batch_size=8,
                       warmup_iters=2, norm="gn")
@@ -71,6 +71,19 @@ def test_pretrain_writes_a_checkpoint_the_detector_loads(tmp_path: Path) -> None
     assert len(report.loaded) == len(saved["backbone"]) and not report.note
     assert report.meta["images_seen"] == 40
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_ensure_pretrained_trains_once_then_reuses(tmp_path: Path) -> None:
+    said: list[str] = []
+    path = ensure_pretrained(TINY, backbone="resnet18", cache_dir=tmp_path, progress=said.append)
+    assert path == cached_checkpoint_path(TINY, "resnet18", tmp_path) and path.is_file()
+    assert path.name.startswith("pretrain-resnet18-gn-") and "not cached yet" in said[0]
+    stamp = path.stat().st_mtime_ns
+    assert ensure_pretrained(TINY, backbone="resnet18", cache_dir=tmp_path, progress=said.append) == path
+    assert path.stat().st_mtime_ns == stamp and said[-1] == f"pretrained backbone: reusing {path}"
+    other = PretrainConfig(**{**TINY.__dict__, "seed": 1})
+    assert cached_checkpoint_path(other, "resnet18", tmp_path) != path
+    assert cached_checkpoint_path(TINY, "resnet50", tmp_path) != path
 
 
 def test_pretrain_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
