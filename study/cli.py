@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models.choices import BACKBONES, NORMS
 from study.config import PretrainConfig, dump_study, load_study
-from study.errors import ConfigError
+from study.errors import ConfigError, DataError
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"study: config error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:
+        print(f"study: data error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

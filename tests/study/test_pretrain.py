@@ -95,6 +95,8 @@ def test_pretrain_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (tmp_path / "pretrain_data" / "train" / "star").is_dir()
     assert main(["pretrain", "--out", str(out), "--batch-size", "6", "--workers", "4"]) == 2
     assert "batch_size: 6 must be divisible by workers (4)" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(out), "--data", f"imagefolder:{tmp_path / 'nowhere'}"]) == 1
+    assert "study: data error: " in capsys.readouterr().err
     with pytest.raises(ConfigError, match="expected 'synthetic' or 'imagefolder:PATH'"):
         PretrainConfig(data="imagenet")
 
