@@ -253,6 +253,10 @@ class StudyConfig:
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
                  f"{self.name!r} must be a non-empty folder name (no '/', not starting with '.')")
+        from study.schedule import schedule_for  # schedule math imports this module
+
+        for multiplier in self.grid.schedule:
+            schedule_for(multiplier, self.solver)  # drops after warm-up, or a ConfigError
         if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
             raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
                               "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")
