@@ -11,5 +11,4 @@ Profile = Literal["paper", "tiny"]
 
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 NORMS: tuple[str, ...] = get_args(Norm)
-INITS: tuple[str, ...] = get_args(Init)
 PROFILES: tuple[str, ...] = get_args(Profile)

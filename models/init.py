@@ -117,6 +117,9 @@ def read_backbone_state(source: str | Path) -> tuple[dict[str, torch.Tensor], di
     else:
         raise FileNotFoundError(f"pretrained weights {text!r}: no such file, and not a torchvision "
                                 "weights name like 'ResNet50_Weights.IMAGENET1K_V2'")
+    if any(k.startswith(("backbone.body.", "module.backbone.body.")) for k in state):
+        # a whole detector's weights: its backbone is what a pretrained arm takes
+        state = {k: v for k, v in state.items() if ".body." in k and "backbone." in k}
     clean = {}
     for key, value in state.items():
         for prefix in ("module.", "backbone.body.", "body."):

@@ -49,9 +49,6 @@ class CocoSplit:
         """Foreground classes (torchvision's `num_classes` is this + 1 for the background)."""
         return len(self.category_ids)
 
-    def label_of(self, category_id: int) -> int:
-        return self.category_ids.index(category_id) + 1
-
 
 def index_coco(data: dict[str, Any]) -> COCO:
     """A pycocotools COCO object over already-parsed (and checked) instances data."""

@@ -148,6 +148,16 @@ def test_pretrained_loading_changes_exactly_the_backbone(tmp_path: Path) -> None
             assert torch.equal(sa[key], sb[key]), f"{key} changed, but is not in the backbone"
 
 
+def test_a_detectors_weights_give_their_backbone(tmp_path: Path) -> None:
+    donor, model = tiny_model(seed=7), tiny_model(seed=0)
+    path = tmp_path / "detector.pt"
+    torch.save({"model": donor.state_dict()}, path)
+    report = load_backbone(model, path)
+    assert set(report.loaded) == set(model.backbone.body.state_dict()) and not report.unexpected
+    assert torch.equal(model.backbone.body.layer3[1].conv2.weight, donor.backbone.body.layer3[1].conv2.weight)
+    assert not torch.equal(model.backbone.fpn.layer_blocks[0][0].weight, donor.backbone.fpn.layer_blocks[0][0].weight)
+
+
 def test_a_mismatched_checkpoint_fails_naming_the_mismatch(tmp_path: Path) -> None:
     model = tiny_model("resnet50", "gn")
     with pytest.raises(ValueError, match=r"does not fit this backbone .*\n  layer1.0.conv1.weight: "
