@@ -1,0 +1,230 @@
+"""One trial: one training run of one configuration (init, schedule, training-set size, LR, seed).
+
+`train_trial` is the loop every worker runs (rank r of `world_size` trains its slice of each
+global batch); it knows nothing of Ray: the Ray Train wrapper (issue #4, next) passes a `wrap`
+for DDP and a `report` that forwards to `ray.train.report`. Run with `world_size=1` it is a plain
+single-process trial, which is what the tests and benchmarks use.
+
+- The LR follows `study.schedule` at the trial's batch size; data order and flips are pure
+  functions of (seed, iteration), so a run resumed from a checkpoint at iteration k continues
+  exactly as an uninterrupted run would.
+- At every `eval_period` and at the end: COCO bbox and mask AP on the val set, a checkpoint
+  (model, optimizer, iteration; loadable with `weights_only=True`), and a row appended to the
+  trial's own `metrics.jsonl` (durable: Tune can drop pre-crash rows on restore).
+- Samples seen count images, instances and pixels, pre-training included for the pretrained arm.
+- A non-finite loss stops the trial with status 'diverged' and the iteration, instead of
+  training on NaNs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.init import init_scratch, load_backbone
+from models.mask_rcnn import build_mask_rcnn
+from models.norms import parameter_groups
+from study.config import StudyConfig
+from study.data.coco import InstanceDataset, collate, load_coco
+from study.data.sampling import IterationBatchSampler, nested_subset, subset_size
+from study.data.synthetic import write_synthetic
+from study.engine import coco_metrics, predict, train_step
+from study.schedule import lr_at, schedule_for
+
+Status = Literal["running", "finished", "diverged"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One cell of the grid with one LR: what a trial trains."""
+
+    init: Literal["scratch", "pretrained"]
+    schedule: float
+    base_lr: float
+    seed: int
+    train_images: int | Literal["full"] | None = "full"
+    data_fraction: float | None = None
+
+    def name(self) -> str:
+        size = f"frac{self.data_fraction:g}" if self.data_fraction is not None else f"n{self.train_images}"
+        return f"{self.init}_{self.schedule:g}x_{size}_lr{self.base_lr:g}_s{self.seed}"
+
+
+def split_paths(cfg: StudyConfig, data_root: str | Path) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((train annotations, images), (val annotations, images)); the synthetic set is made if missing."""
+    if cfg.data.source == "synthetic":
+        p = write_synthetic(Path(data_root) / "synthetic", cfg.data.synthetic)
+        return (str(p.train_annotations), str(p.train_images)), (str(p.val_annotations), str(p.val_images))
+    assert cfg.data.train is not None and cfg.data.val is not None
+    return ((cfg.data.train.annotations, cfg.data.train.images),
+            (cfg.data.val.annotations, cfg.data.val.images))
+
+
+def trial_datasets(cfg: StudyConfig, trial: Trial, data_root: str | Path
+                   ) -> tuple[InstanceDataset, InstanceDataset]:
+    """(train subset resized for training, val at original size for COCOeval)."""
+    (train_ann, train_img), (val_ann, val_img) = split_paths(cfg, data_root)
+    train_split = load_coco(train_ann, train_img, filter_empty=cfg.data.filter_empty)
+    size = subset_size(len(train_split.image_ids), train_images=trial.train_images,
+                       data_fraction=trial.data_fraction, source=train_ann)
+    ids = nested_subset(train_split.image_ids, size, cfg.data.subset_seed)
+    train = InstanceDataset(train_split, ids, min_size=cfg.model.min_size, max_size=cfg.model.max_size)
+    return train, InstanceDataset(load_coco(val_ann, val_img))
+
+
+def _sum_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def _gather(results: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    if world_size == 1:
+        return results
+    import torch.distributed as dist
+
+    everything: list[Any] = [None] * world_size
+    dist.all_gather_object(everything, results)
+    return [r for part in everything for r in part]
+
+
+def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
+                pretrained_weights: str | None = None, rank: int = 0, world_size: int = 1,
+                wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                report: Callable[[dict[str, Any], Path | None], None] = lambda _m, _c: None,
+                stop_at: int | None = None) -> dict[str, Any]:
+    """Train (or resume) one trial; returns its last metrics row. See the module docstring.
+
+    `stop_at` ends the run early at that iteration (for tests of resumption).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    solver = cfg.solver
+    sched = schedule_for(trial.schedule, solver)
+    batch = solver.ims_per_batch
+    if batch % world_size:
+        raise ValueError(f"solver.ims_per_batch {batch} is not divisible by {world_size} workers")
+    train, val = trial_datasets(cfg, trial, data_root)
+
+    torch.manual_seed(trial.seed)  # the same random init in both arms
+    model = build_mask_rcnn(backbone=cfg.model.backbone, norm=cfg.model.norm,
+                            num_classes=train.split.num_classes, profile=cfg.model.profile,
+                            min_size=cfg.model.min_size, max_size=cfg.model.max_size)
+    init_scratch(model)
+    pre_meta: dict[str, Any] = {}
+    if trial.init == "pretrained":
+        if pretrained_weights is None:
+            raise ValueError("init 'pretrained' needs pretrained weights (model.pretrained_weights, "
+                             "or a `study pretrain` checkpoint)")
+        loaded = load_backbone(model, pretrained_weights)
+        pre_meta = loaded.meta
+        if rank == 0:
+            print(loaded.summary())
+    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=solver.weight_decay,
+                                                 weight_decay_norm=solver.weight_decay_norm),
+                                lr=trial.base_lr, momentum=solver.momentum)
+    start_iter, counts = 0, {"images": 0, "instances": 0, "pixels": 0}
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_iter, counts = state["iteration"], state["counts"]
+        torch.set_rng_state(state["rng"][rank])  # RPN/RoI sampling draws from it
+    net = wrap(model)
+    lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
+    end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
+    sampler = IterationBatchSampler(len(train), batch, seed=trial.seed, start_iter=start_iter,
+                                    max_iter=end, rank=rank, world_size=world_size)
+    # Its own generator: creating the iterator must not draw from the global RNG, which the
+    # RPN/RoI samplers use and the checkpoint restores.
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.data.loader_workers,
+                        generator=torch.Generator().manual_seed(trial.seed))
+    row: dict[str, Any] = {}
+    window: dict[str, float] = {}
+    tick, n_window = time.perf_counter(), 0
+    net.train()
+    for it, (images, targets) in enumerate(loader, start=start_iter + 1):
+        lr = lr_at(it - 1, sched, lr_solver)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses = train_step(net, images, targets, optimizer, clip_grad_norm=solver.clip_grad_norm)
+        diverged = not all(math.isfinite(v) for v in losses.values())
+        local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
+                 "pixels": sum(im.shape[1] * im.shape[2] for im in images)}
+        summed = _sum_over_ranks({**local, "diverged": float(diverged)}, world_size)
+        for k in counts:
+            counts[k] += round(summed[k])
+        for k, v in losses.items():
+            window[k] = window.get(k, 0.0) + v
+        n_window += 1
+        if summed["diverged"] > 0:
+            row = {"iteration": it, "status": "diverged", "lr": lr, **trial_row(trial),
+                   **{k: float("nan") for k in losses}, "images_seen": counts["images"]}
+            _log(out_dir, row, rank)
+            report(row, None)
+            return row
+        if it % solver.eval_period == 0 or it == sched.max_iter or it == end:
+            mean_losses = {k: v / (n_window * world_size)
+                           for k, v in _sum_over_ranks(window, world_size).items()}
+            now = time.perf_counter()
+            shard = list(range(rank, len(val), world_size))
+            results = _gather(predict(model, val, indices=shard), world_size)
+            metrics = coco_metrics(val, results) if rank == 0 else {}
+            row = {"iteration": it, "status": "finished" if it == sched.max_iter else "running",
+                   "lr": lr, **trial_row(trial), **mean_losses, **metrics,
+                   "images_per_s": n_window * batch / (now - tick),
+                   "images_seen": counts["images"], "instances_seen": counts["instances"],
+                   "pixels_seen": counts["pixels"],
+                   "pretrain_images_seen": pre_meta.get("images_seen", 0),
+                   "pretrain_instances_seen": pre_meta.get("instances_seen", 0),
+                   "pretrain_pixels_seen": pre_meta.get("pixels_seen", 0)}
+            saved = None
+            rng = _gather([torch.get_rng_state()], world_size)  # one state per rank
+            if rank == 0:
+                tmp = ckpt_path.with_name("checkpoint.pt.tmp")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "iteration": it, "counts": counts, "rng": rng}, tmp)
+                os.replace(tmp, ckpt_path)
+                saved = ckpt_path
+                _log(out_dir, row, rank)
+            report(row, saved)
+            window, n_window, tick = {}, 0, time.perf_counter()
+    return row
+
+
+def trial_row(trial: Trial) -> dict[str, Any]:
+    return {"init": trial.init, "schedule": trial.schedule, "base_lr": trial.base_lr, "seed": trial.seed,
+            "train_images": trial.train_images, "data_fraction": trial.data_fraction}
+
+
+def _log(out_dir: Path, row: dict[str, Any], rank: int) -> None:
+    """Append one row to the trial's durable metric log (rank 0 only), flushed to disk."""
+    if rank != 0:
+        return
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

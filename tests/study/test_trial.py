@@ -1,0 +1,59 @@
+"""The trial loop in one process (world_size 1); the Ray Train wrapper is still to come (#4)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.config import study_from_dict
+from study.trial import Trial, read_metrics, train_trial
+
+SMOKE = study_from_dict({
+    "name": "trial_smoke",
+    "data": {"synthetic": {"train_images": 24, "val_images": 6, "image_size": 64}},
+    "model": {"backbone": "resnet18", "norm": "gn", "profile": "tiny", "min_size": 64, "max_size": 64},
+    "solver": {"base_lr": 0.01, "ims_per_batch": 4, "unit_iters": 8, "drops_before_end": [4, 2],
+               "warmup_iters": 2, "eval_period": 4},
+    "grid": {"schedule": [1]},
+})
+TRIAL = Trial(init="scratch", schedule=1, base_lr=0.01, seed=0, train_images=16)
+
+
+def test_a_trial_trains_evaluates_checkpoints_and_logs(tmp_path: Path) -> None:
+    reported: list[tuple[dict, Path | None]] = []
+    last = train_trial(SMOKE, TRIAL, out_dir=tmp_path / "t", data_root=tmp_path,
+                       report=lambda row, ckpt: reported.append((row, ckpt)))
+    rows = read_metrics(tmp_path / "t")
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe
+    assert [r["iteration"] for r in rows] == [4, 8] and same(rows[-1], last)
+    assert [r["status"] for r in rows] == ["running", "finished"]
+    assert same([row for row, _ in reported], rows) and all(c is not None for _, c in reported)
+    assert last["images_seen"] == 8 * 4 and last["pixels_seen"] > 0 and last["instances_seen"] >= 32
+    assert last["pretrain_images_seen"] == 0 and last["train_images"] == 16
+    for key in ("loss", "loss_mask", "bbox_AP", "bbox_AP50", "segm_AP", "segm_APl", "images_per_s"):
+        assert key in last
+    assert rows[0]["lr"] == pytest.approx(0.01) and last["lr"] == pytest.approx(0.0001)
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 8 and len(state["rng"]) == 1
+
+
+def test_a_resumed_trial_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    full = train_trial(SMOKE, TRIAL, out_dir=tmp_path / "full", data_root=tmp_path)
+    first = train_trial(SMOKE, TRIAL, out_dir=tmp_path / "resumed", data_root=tmp_path, stop_at=4)
+    assert first["iteration"] == 4
+    resumed = train_trial(SMOKE, TRIAL, out_dir=tmp_path / "resumed", data_root=tmp_path)
+    assert resumed["iteration"] == 8 and resumed["images_seen"] == full["images_seen"]
+    for key in ("loss", "loss_classifier", "loss_mask", "bbox_AP", "segm_AP"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-4), key
+    assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [4, 8]
+
+
+def test_divergence_is_reported_not_raised(tmp_path: Path) -> None:
+    wild = Trial(init="scratch", schedule=1, base_lr=1e6, seed=0, train_images=16)
+    row = train_trial(SMOKE, wild, out_dir=tmp_path / "d", data_root=tmp_path)
+    assert row["status"] == "diverged" and 1 <= row["iteration"] <= 8
+    assert math.isnan(row["loss"]) and read_metrics(tmp_path / "d")[-1]["status"] == "diverged"
