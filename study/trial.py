@@ -108,10 +108,12 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                 pretrained_weights: str | None = None, rank: int = 0, world_size: int = 1,
                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                 report: Callable[[dict[str, Any], Path | None], None] = lambda _m, _c: None,
-                stop_at: int | None = None) -> dict[str, Any]:
+                resume_from: str | Path | None = None, stop_at: int | None = None,
+                device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train (or resume) one trial; returns its last metrics row. See the module docstring.
 
-    `stop_at` ends the run early at that iteration (for tests of resumption).
+    It resumes from `resume_from`, else from `out_dir/checkpoint.pt` if there is one. `stop_at`
+    ends the run early at that iteration (for tests of resumption).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,17 +138,20 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         pre_meta = loaded.meta
         if rank == 0:
             print(loaded.summary())
+    model.to(device)  # before the optimizer state is loaded: it follows its parameters' device
     optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=solver.weight_decay,
                                                  weight_decay_norm=solver.weight_decay_norm),
                                 lr=trial.base_lr, momentum=solver.momentum)
     start_iter, counts = 0, {"images": 0, "instances": 0, "pixels": 0}
     ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    resume = Path(resume_from) if resume_from is not None else ckpt_path
+    if resume.is_file():
+        state = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter, counts = state["iteration"], state["counts"]
-        torch.set_rng_state(state["rng"][rank])  # RPN/RoI sampling draws from it
+        if rank < len(state["rng"]):  # RPN/RoI sampling draws from it
+            torch.set_rng_state(state["rng"][rank])
     net = wrap(model)
     lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
     end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
@@ -165,6 +170,9 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         lr = lr_at(it - 1, sched, lr_solver)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
         losses = train_step(net, images, targets, optimizer, clip_grad_norm=solver.clip_grad_norm)
         diverged = not all(math.isfinite(v) for v in losses.values())
         local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
@@ -186,7 +194,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                            for k, v in _sum_over_ranks(window, world_size).items()}
             now = time.perf_counter()
             shard = list(range(rank, len(val), world_size))
-            results = _gather(predict(model, val, indices=shard), world_size)
+            results = _gather(predict(model, val, indices=shard, device=device), world_size)
             metrics = coco_metrics(val, results) if rank == 0 else {}
             row = {"iteration": it, "status": "finished" if it == sched.max_iter else "running",
                    "lr": lr, **trial_row(trial), **mean_losses, **metrics,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.config import study_from_dict
+from study.config import study_from_dict, to_dict
 from study.trial import Trial, read_metrics, train_trial
 
 SMOKE = study_from_dict({
@@ -57,3 +57,23 @@ def test_divergence_is_reported_not_raised(tmp_path: Path) -> None:
     row = train_trial(SMOKE, wild, out_dir=tmp_path / "d", data_root=tmp_path)
     assert row["status"] == "diverged" and 1 <= row["iteration"] <= 8
     assert math.isnan(row["loss"]) and read_metrics(tmp_path / "d")[-1]["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_a_trial_on_two_ray_train_workers(tmp_path: Path) -> None:
+    """2 CPU workers (gloo, DDP): trains, evaluates on shards gathered to rank 0, checkpoints."""
+    import ray
+
+    from study.trainer import run_trial_on_ray
+
+    cfg = study_from_dict({**to_dict(SMOKE),
+                           "resources": {"workers": 2}})
+    try:
+        result = run_trial_on_ray(cfg, TRIAL, out_dir=tmp_path / "t", data_root=tmp_path)
+    finally:
+        ray.shutdown()
+    rows = read_metrics(tmp_path / "t")
+    assert [r["iteration"] for r in rows] == [4, 8] and rows[-1]["status"] == "finished"
+    assert rows[-1]["images_seen"] == 8 * 4  # both ranks' images, counted once
+    assert result.checkpoint is not None and result.metrics["iteration"] == 8
+    assert math.isfinite(rows[-1]["loss"]) and 0.0 <= rows[-1]["bbox_AP50"] <= 100.0
