@@ -3,6 +3,7 @@
     study data synth --out DIR      generate the embedded synthetic COCO dataset
     study data check ANNOTATIONS    validate a COCO instances file and its images
     study pretrain --out CKPT       pre-train a backbone as a classifier (the ImageNet stage)
+    study trial SPACE.yaml --set K=V  run exactly one trial (Ray Train, or --no-ray)
     study config SPACE.yaml         validate a study file and print it resolved
 
 Exit codes: 0 success, 1 the data has errors, 2 a usage or configuration error.
@@ -16,10 +17,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.choices import BACKBONES, NORMS
-from study.config import PretrainConfig, dump_study, load_study
+from study.config import PretrainConfig, StudyConfig, dump_study, load_study
 from study.errors import ConfigError, DataError
+from study.schedule import schedule_for
+
+if TYPE_CHECKING:
+    from study.trial import Trial
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -77,6 +83,69 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
           f"{100 * meta['val_accuracy']:.1f}% (chance {100 * meta['chance_accuracy']:.1f}%); "
           f"use it with init: pretrained and model.pretrained_weights: {out}")
     return 0
+
+
+def _parse_trial(cfg: StudyConfig, assignments: list[str]) -> Trial:
+    """A Trial from `key=value` pairs; unset keys take the grid's first value (LR: the first
+    listed, or the geometric middle of an Optuna range)."""
+    from study.trial import Trial
+
+    lr = cfg.lr.values[0] if cfg.lr.values else (cfg.lr.low * cfg.lr.high) ** 0.5  # type: ignore[operator]
+    fields: dict[str, object] = {"init": cfg.grid.init[0], "schedule": cfg.grid.schedule[0],
+                                 "base_lr": lr, "seed": cfg.grid.seeds[0]}
+    if cfg.grid.train_images:
+        fields["train_images"] = cfg.grid.train_images[0]
+    else:
+        fields.update(train_images=None, data_fraction=cfg.grid.data_fraction[0])
+    kinds = {"init": str, "schedule": float, "base_lr": float, "seed": int, "data_fraction": float}
+    for item in assignments:
+        key, _, value = item.partition("=")
+        if key == "train_images":
+            fields.update(train_images=value if value == "full" else int(value), data_fraction=None)
+        elif key == "data_fraction":
+            fields.update(data_fraction=float(value), train_images=None)
+        elif key in kinds:
+            fields[key] = kinds[key](value)
+        else:
+            raise ConfigError("--set", f"{item!r}: expected KEY=VALUE with KEY one of "
+                                       f"{', '.join([*kinds, 'train_images'])}")
+    if fields["init"] not in ("scratch", "pretrained"):
+        raise ConfigError("--set init", f"{fields['init']!r} is not valid: expected 'scratch' or 'pretrained'")
+    schedule_for(float(fields["schedule"]), cfg.solver)  # type: ignore[arg-type]
+    return Trial(**fields)  # type: ignore[arg-type]
+
+
+def _cmd_trial(args: argparse.Namespace) -> int:
+    from study.pretrain import ensure_pretrained
+    from study.trial import read_metrics, train_trial
+
+    cfg = load_study(args.space)
+    trial = _parse_trial(cfg, args.set)
+    storage = args.storage.resolve()
+    out = storage / cfg.name / "trials" / trial.name()
+    weights = cfg.model.pretrained_weights
+    if trial.init == "pretrained" and weights is None:
+        weights = str(ensure_pretrained(cfg.pretrain, backbone=cfg.model.backbone,
+                                        cache_dir=storage / "pretrained"))
+    print(f"trial {trial.name()} -> {out}")
+    if args.no_ray:
+        row = train_trial(cfg, trial, out_dir=out, data_root=storage / "data", pretrained_weights=weights,
+                          report=lambda r, _c: print(_row_text(r)))
+    else:
+        from study.trainer import run_trial_on_ray
+
+        result = run_trial_on_ray(cfg, trial, out_dir=out, data_root=storage / "data",
+                                  pretrained_weights=weights)
+        row = result.metrics or {}
+        for r in read_metrics(out):
+            print(_row_text(r))
+    print(f"{row.get('status', '?')} at iteration {row.get('iteration', '?')}; metrics in {out / 'metrics.jsonl'}")
+    return 0 if row.get("status") == "finished" else 1
+
+
+def _row_text(r: dict) -> str:
+    ap = f"  bbox AP {r['bbox_AP']:.1f}  segm AP {r['segm_AP']:.1f}" if "bbox_AP" in r else ""
+    return f"  it {r['iteration']}  {r['status']}  lr {r['lr']:.5f}  loss {r['loss']:.3f}{ap}"
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -150,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         pretrain.add_argument(flag, dest=key, type=kind, default=None,
                               help=f"default {getattr(defaults, key)}")
     pretrain.set_defaults(func=_cmd_pretrain)
+
+    trial = verbs.add_parser(
+        "trial", help="run exactly one trial (outside Tune), for debugging and benchmarks",
+        description="Run one trial of a study on Ray Train (or in this process with --no-ray): "
+                    "KEY=VALUE pairs pick init, schedule, train_images | data_fraction, base_lr and "
+                    "seed; unset keys take the grid's first value.")
+    trial.add_argument("space", type=Path, help="study YAML")
+    trial.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="e.g. init=scratch schedule=2 train_images=500 base_lr=0.02 seed=0")
+    trial.add_argument("--storage", type=Path, default=Path("runs"),
+                       help="results, data and the pre-training cache go here (default runs/)")
+    trial.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
+    trial.set_defaults(func=_cmd_trial)
 
     config = verbs.add_parser("config", help="validate a study file and print it resolved",
                               description="Load a search-space YAML, validate every key and print "

@@ -152,9 +152,12 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         start_iter, counts = state["iteration"], state["counts"]
         if rank < len(state["rng"]):  # RPN/RoI sampling draws from it
             torch.set_rng_state(state["rng"][rank])
+    end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
+    if start_iter >= end:  # already trained this far: nothing to do
+        done = read_metrics(out_dir)
+        return done[-1] if done else {}
     net = wrap(model)
     lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
-    end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
     sampler = IterationBatchSampler(len(train), batch, seed=trial.seed, start_iter=start_iter,
                                     max_iter=end, rank=rank, world_size=world_size)
     # Its own generator: creating the iterator must not draw from the global RNG, which the

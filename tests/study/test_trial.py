@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
+from study.cli import main
 from study.config import study_from_dict, to_dict
 from study.trial import Trial, read_metrics, train_trial
 
@@ -77,3 +79,19 @@ def test_a_trial_on_two_ray_train_workers(tmp_path: Path) -> None:
     assert rows[-1]["images_seen"] == 8 * 4  # both ranks' images, counted once
     assert result.checkpoint is not None and result.metrics["iteration"] == 8
     assert math.isfinite(rows[-1]["loss"]) and 0.0 <= rows[-1]["bbox_AP50"] <= 100.0
+
+
+def test_study_trial_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "smoke.yaml"
+    space.write_text(yaml.safe_dump({**to_dict(SMOKE), "name": "cli", "grid": {"schedule": [1],
+                                                                              "train_images": [16]}}))
+    args = ["trial", str(space), "--set", "seed=1", "base_lr=0.005", "--no-ray", "--storage", str(tmp_path / "runs")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    trial_dir = tmp_path / "runs" / "cli" / "trials" / "scratch_1x_n16_lr0.005_s1"
+    assert f"-> {trial_dir}" in out and "finished at iteration 8" in out
+    assert main(args) == 0 and "finished at iteration 8" in capsys.readouterr().out  # already done
+    assert main(["trial", str(space), "--set", "lr=0.1", "--no-ray"]) == 2
+    assert "--set: 'lr=0.1': expected KEY=VALUE with KEY one of init, schedule" in capsys.readouterr().err
+    assert main(["trial", str(space), "--set", "schedule=0.2", "--no-ray"]) == 2
+    assert "0.2x ends at iteration 2" in capsys.readouterr().err
