@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from models.init import init_scratch, load_backbone
 from models.mask_rcnn import build_mask_rcnn
-from models.norms import parameter_groups
+from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import StudyConfig
 from study.data.coco import InstanceDataset, collate, load_coco
 from study.data.sampling import IterationBatchSampler, nested_subset, subset_size
@@ -156,6 +156,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     if start_iter >= end:  # already trained this far: nothing to do
         done = read_metrics(out_dir)
         return done[-1] if done else {}
+    if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
+        model = convert_sync_batchnorm(model, cfg.model.norm, torch.device(device))
     net = wrap(model)
     lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
     sampler = IterationBatchSampler(len(train), batch, seed=trial.seed, start_iter=start_iter,
