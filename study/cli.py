@@ -2,6 +2,7 @@
 
     study data synth --out DIR      generate the embedded synthetic COCO dataset
     study data check ANNOTATIONS    validate a COCO instances file and its images
+    study data split ANNOTATIONS    hold out a deterministic val split of one COCO file
     study pretrain --out CKPT       pre-train a backbone as a classifier (the ImageNet stage)
     study trial SPACE.yaml --set K=V  run exactly one trial (Ray Train, or --no-ray)
     study config SPACE.yaml         validate a study file and print it resolved
@@ -69,6 +70,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
                   "  (ground truth against itself: 100.0 expected)")
     print(f"checked in {time.perf_counter() - start:.1f} s")
     return 0 if report.ok else 1
+
+
+def _cmd_data_split(args: argparse.Namespace) -> int:
+    from study.data.coco import split_coco
+
+    train, val = split_coco(args.annotations, args.out, val_fraction=args.val_fraction, seed=args.seed)
+    print(f"wrote {train} and {val}; images stay where {args.annotations.name}'s file_names point")
+    return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -194,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also evaluate the ground truth against itself with COCOeval (AP 100)")
     check.add_argument("--max-problems", type=int, default=50, help="problems to print (default 50)")
     check.set_defaults(func=_cmd_data_check)
+
+    split = data_verbs.add_parser(
+        "split", help="split one COCO file into train.json and val.json, deterministically",
+        description="Hold out a seeded fraction of the images of a COCO instances file as val "
+                    "(for sets that ship no split). The image folder is shared by both files.")
+    split.add_argument("annotations", type=Path, help="COCO instances JSON file")
+    split.add_argument("--out", type=Path, required=True, help="folder for train.json and val.json")
+    split.add_argument("--val-fraction", type=float, default=0.25, help="default 0.25")
+    split.add_argument("--seed", type=int, default=0, help="default 0")
+    split.set_defaults(func=_cmd_data_split)
 
     pretrain = verbs.add_parser(
         "pretrain", help="pre-train a backbone as a classifier (the ImageNet stage)",

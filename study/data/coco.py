@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,31 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torc
     """Detection batches are lists (images differ in size); torchvision's model pads them."""
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+def split_coco(annotations: str | Path, out_dir: str | Path, *, val_fraction: float = 0.25,
+               seed: int = 0) -> tuple[Path, Path]:
+    """Write a deterministic train/val split of one COCO file (for sets that ship none).
+
+    Images are shuffled with `seed` and the first `val_fraction` go to val; the image records,
+    their annotations and all categories are kept as they are, so the original image folder
+    serves both files. Returns (train.json, val.json) in `out_dir`.
+    """
+    report, data = check_file(annotations, None, images="none")
+    report.raise_if_errors()
+    ids = sorted(img["id"] for img in data["images"])
+    n_val = max(1, round(len(ids) * val_fraction))
+    if n_val >= len(ids):
+        raise DataError(f"{annotations} has {len(ids)} images: too few to hold out {n_val} for val")
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    val_ids = {ids[i] for i in perm[:n_val]}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, keep in (("train", lambda i: i not in val_ids), ("val", lambda i: i in val_ids)):
+        part = {**data, "images": [im for im in data["images"] if keep(im["id"])],
+                "annotations": [a for a in data["annotations"] if keep(a["image_id"])]}
+        path = out_dir / f"{name}.json"
+        path.write_text(json.dumps(part))
+        paths.append(path)
+    return paths[0], paths[1]

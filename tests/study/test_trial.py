@@ -95,3 +95,30 @@ def test_study_trial_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "--set: 'lr=0.1': expected KEY=VALUE with KEY one of init, schedule" in capsys.readouterr().err
     assert main(["trial", str(space), "--set", "schedule=0.2", "--no-ray"]) == 2
     assert "0.2x ends at iteration 2" in capsys.readouterr().err
+
+
+def test_a_trial_on_the_real_fruits_set(fruits: Path, tmp_path: Path) -> None:
+    """fruits_nuts split deterministically into train/val (in a temp folder), one short trial."""
+    from study.data.coco import split_coco
+
+    train_json, val_json = split_coco(fruits / "annotations.json", tmp_path / "split", val_fraction=0.25)
+    again = split_coco(fruits / "annotations.json", tmp_path / "split2", val_fraction=0.25)
+    assert train_json.read_text() == again[0].read_text() and val_json.read_text() == again[1].read_text()
+    n_train = len(json.loads(train_json.read_text())["images"])
+    n_val = len(json.loads(val_json.read_text())["images"])
+    assert (n_train, n_val) == (14, 4)  # round(18 x 0.25) = 4 held out
+    assert main(["data", "split", str(fruits / "annotations.json"), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "val.json").read_text() == val_json.read_text()
+    cfg = study_from_dict({
+        **to_dict(SMOKE), "name": "fruits",
+        "data": {"source": "coco", "train": {"annotations": str(train_json), "images": str(fruits / "images")},
+                 "val": {"annotations": str(val_json), "images": str(fruits / "images")}},
+        "model": {**to_dict(SMOKE.model), "min_size": 96, "max_size": 128}})
+    row = train_trial(cfg, Trial(init="scratch", schedule=1, base_lr=0.01, seed=0),
+                      out_dir=tmp_path / "t", data_root=tmp_path)
+    rows = read_metrics(tmp_path / "t")
+    assert [r["iteration"] for r in rows] == [4, 8] and row["status"] == "finished"
+    for key in ("iteration", "lr", "loss", "bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50",
+                "segm_AP75", "images_seen", "instances_seen", "pixels_seen", "images_per_s"):
+        assert key in row, key
+    assert row["images_seen"] == 32 and row["pixels_seen"] == 32 * 96 * 128
