@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -32,6 +31,7 @@ from models.classifier import backbone_state, build_classifier
 from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import PretrainConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
+from study.ranks import sum_over_ranks
 
 
 def cosine_lr(iteration: int, total: int, base_lr: float, warmup_iters: int) -> float:
@@ -57,14 +57,6 @@ def classification_data(pcfg: PretrainConfig, data_dir: str | Path,
     return train, val, classes, description
 
 
-def _all_reduce(values: list[float], world_size: int) -> list[float]:
-    if world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 @torch.no_grad()
 def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, rank: int, world_size: int,
                   device: torch.device) -> float:
@@ -75,9 +67,9 @@ def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, rank: int, wo
         pred = model(images.to(device)).argmax(1).cpu()
         correct += int((pred == labels).sum())
         total += labels.numel()
-    correct, total = _all_reduce([correct, total], world_size)
+    counts = sum_over_ranks({"correct": correct, "total": total}, world_size)
     model.train()
-    return correct / max(total, 1)
+    return counts["correct"] / max(counts["total"], 1)
 
 
 def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Path,
@@ -113,7 +105,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
         f"{len(classes)} classes, {iterations} iterations of {pcfg.batch_size} ({pcfg.epochs:g} epochs), "
         f"{world_size} worker(s)")
     loss_fn = nn.CrossEntropyLoss()
-    it, epoch, window = 0, 0, [0.0, 0.0, 0.0]  # loss sum, correct, seen (since the last print)
+    it, epoch, window = 0, 0, {"loss": 0.0, "correct": 0.0, "seen": 0.0}  # since the last print
     last_acc, tick = 0.0, time.perf_counter()
     every = max(1, iterations // 10)
     while it < iterations:
@@ -132,17 +124,18 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            window[0] += loss.item() * labels.numel()
-            window[1] += float((logits.argmax(1).cpu() == labels).sum())
-            window[2] += labels.numel()
+            window["loss"] += loss.item() * labels.numel()
+            window["correct"] += float((logits.argmax(1).cpu() == labels).sum())
+            window["seen"] += labels.numel()
             it += 1
             if it % every == 0 or it == iterations:
-                loss_sum, correct, seen = _all_reduce(window, world_size)
-                last_acc = correct / seen
+                summed = sum_over_ranks(window, world_size)
+                seen = summed["seen"]
+                last_acc = summed["correct"] / seen
                 now = time.perf_counter()
-                say(f"  it {it}/{iterations}  lr {lr:.4f}  loss {loss_sum / seen:.3f}  train acc "
+                say(f"  it {it}/{iterations}  lr {lr:.4f}  loss {summed['loss'] / seen:.3f}  train acc "
                     f"{100 * last_acc:.1f}%  {seen / (now - tick):.0f} img/s")
-                window, tick = [0.0, 0.0, 0.0], now
+                window, tick = {"loss": 0.0, "correct": 0.0, "seen": 0.0}, now
         epoch += 1
     val_acc = _val_accuracy(model, val, per_rank, rank, world_size, device)
     images_seen = iterations * pcfg.batch_size

@@ -40,10 +40,8 @@ from study.data.coco import InstanceDataset, collate, load_coco
 from study.data.sampling import IterationBatchSampler, nested_subset, subset_size
 from study.data.synthetic import write_synthetic
 from study.engine import coco_metrics, predict, train_step
+from study.ranks import gather_over_ranks, sum_over_ranks
 from study.schedule import lr_at, schedule_for
-
-Status = Literal["running", "finished", "diverged"]
-
 
 @dataclass(frozen=True)
 class Trial:
@@ -81,27 +79,6 @@ def trial_datasets(cfg: StudyConfig, trial: Trial, data_root: str | Path
     ids = nested_subset(train_split.image_ids, size, cfg.data.subset_seed)
     train = InstanceDataset(train_split, ids, min_size=cfg.model.min_size, max_size=cfg.model.max_size)
     return train, InstanceDataset(load_coco(val_ann, val_img))
-
-
-def _sum_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
-    if world_size == 1:
-        return values
-    import torch.distributed as dist
-
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
-def _gather(results: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
-    if world_size == 1:
-        return results
-    import torch.distributed as dist
-
-    everything: list[Any] = [None] * world_size
-    dist.all_gather_object(everything, results)
-    return [r for part in everything for r in part]
 
 
 def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
@@ -179,10 +156,10 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
         losses = train_step(net, images, targets, optimizer, clip_grad_norm=solver.clip_grad_norm)
-        diverged = not all(math.isfinite(v) for v in losses.values())
+        diverged = not math.isfinite(losses["loss"])  # the sum: non-finite if any part is
         local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
                  "pixels": sum(im.shape[1] * im.shape[2] for im in images)}
-        summed = _sum_over_ranks({**local, "diverged": float(diverged)}, world_size)
+        summed = sum_over_ranks({**local, "diverged": float(diverged)}, world_size)
         for k in counts:
             counts[k] += round(summed[k])
         for k, v in losses.items():
@@ -196,10 +173,10 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
             return row
         if it % solver.eval_period == 0 or it == sched.max_iter or it == end:
             mean_losses = {k: v / (n_window * world_size)
-                           for k, v in _sum_over_ranks(window, world_size).items()}
+                           for k, v in sum_over_ranks(window, world_size).items()}
             now = time.perf_counter()
             shard = list(range(rank, len(val), world_size))
-            results = _gather(predict(model, val, indices=shard, device=device), world_size)
+            results = gather_over_ranks(predict(model, val, indices=shard, device=device), world_size)
             metrics = coco_metrics(val, results) if rank == 0 else {}
             row = {"iteration": it, "status": "finished" if it == sched.max_iter else "running",
                    "lr": lr, **trial_row(trial), **mean_losses, **metrics,
@@ -210,7 +187,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                    "pretrain_instances_seen": pre_meta.get("instances_seen", 0),
                    "pretrain_pixels_seen": pre_meta.get("pixels_seen", 0)}
             saved = None
-            rng = _gather([torch.get_rng_state()], world_size)  # one state per rank
+            rng = gather_over_ranks([torch.get_rng_state()], world_size)  # one state per rank
             if rank == 0:
                 tmp = ckpt_path.with_name("checkpoint.pt.tmp")
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
