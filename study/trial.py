@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,11 +86,13 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                 report: Callable[[dict[str, Any], Path | None], None] = lambda _m, _c: None,
                 resume_from: str | Path | None = None, stop_at: int | None = None,
-                device: torch.device | str = "cpu") -> dict[str, Any]:
+                fork_at: Collection[int] = (), device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train (or resume) one trial; returns its last metrics row. See the module docstring.
 
     It resumes from `resume_from`, else from `out_dir/checkpoint.pt` if there is one. `stop_at`
-    ends the run early at that iteration (for tests of resumption).
+    ends the run early at that iteration (for tests of resumption). At each iteration in
+    `fork_at` it also writes `out_dir/fork_<iteration>.pt`, from which `start_branch` starts a
+    shorter schedule (see study/forking.py).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +122,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                                                  weight_decay_norm=solver.weight_decay_norm),
                                 lr=trial.base_lr, momentum=solver.momentum)
     start_iter, counts = 0, {"images": 0, "instances": 0, "pixels": 0}
+    window: dict[str, float] = {}  # loss sums since the last evaluation (kept in checkpoints)
+    n_window = 0
     ckpt_path = out_dir / "checkpoint.pt"
     resume = Path(resume_from) if resume_from is not None else ckpt_path
     if resume.is_file():
@@ -127,8 +131,14 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter, counts = state["iteration"], state["counts"]
+        # The loss sums since the last evaluation, summed over ranks: rank 0 carries them.
+        window = {k: (v if rank == 0 else 0.0) for k, v in state.get("window", {}).items()}
+        n_window = int(state.get("n_window", 0))
         if rank < len(state["rng"]):  # RPN/RoI sampling draws from it
             torch.set_rng_state(state["rng"][rank])
+        cuda_rng = state.get("cuda_rng", [])
+        if rank < len(cuda_rng) and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng[rank], torch.device(device))
     end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
     if start_iter >= end:  # already trained this far: nothing to do
         done = read_metrics(out_dir)
@@ -141,12 +151,27 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                                     max_iter=end, rank=rank, world_size=world_size)
     # Its own generator: creating the iterator must not draw from the global RNG, which the
     # RPN/RoI samplers use and the checkpoint restores.
+    cuda = torch.device(device).type == "cuda"
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.loader_workers,
+                        num_workers=cfg.data.loader_workers, pin_memory=cuda,
                         generator=torch.Generator().manual_seed(trial.seed))
+
+    def save(path: Path, it: int) -> Path | None:
+        """Rank 0 writes the full training state (atomically); every rank takes part."""
+        rng = gather_over_ranks([torch.get_rng_state()], world_size)  # one state per rank
+        cuda_rng = gather_over_ranks([torch.cuda.get_rng_state(device)], world_size) if cuda else []
+        window_sums = sum_over_ranks(window, world_size)
+        if rank != 0:
+            return None
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "iteration": it, "counts": counts, "rng": rng, "cuda_rng": cuda_rng,
+                    "window": window_sums, "n_window": n_window}, tmp)
+        os.replace(tmp, path)
+        return path
+
     row: dict[str, Any] = {}
-    window: dict[str, float] = {}
-    tick, n_window = time.perf_counter(), 0
+    tick, n_timed = time.perf_counter(), 0
     net.train()
     for it, (images, targets) in enumerate(loader, start=start_iter + 1):
         lr = lr_at(it - 1, sched, lr_solver)
@@ -155,7 +180,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
-        losses = train_step(net, images, targets, optimizer, clip_grad_norm=solver.clip_grad_norm)
+        losses = train_step(net, images, targets, optimizer, clip_grad_norm=solver.clip_grad_norm,
+                            autocast=cuda)
         diverged = not math.isfinite(losses["loss"])  # the sum: non-finite if any part is
         local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
                  "pixels": sum(im.shape[1] * im.shape[2] for im in images)}
@@ -165,6 +191,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         for k, v in losses.items():
             window[k] = window.get(k, 0.0) + v
         n_window += 1
+        n_timed += 1
         if summed["diverged"] > 0:
             row = {"iteration": it, "status": "diverged", "lr": lr, **trial_row(trial),
                    **{k: float("nan") for k in losses}, "images_seen": counts["images"]}
@@ -180,23 +207,19 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
             metrics = coco_metrics(val, results) if rank == 0 else {}
             row = {"iteration": it, "status": "finished" if it == sched.max_iter else "running",
                    "lr": lr, **trial_row(trial), **mean_losses, **metrics,
-                   "images_per_s": n_window * batch / (now - tick),
+                   "images_per_s": n_timed * batch / (now - tick),
                    "images_seen": counts["images"], "instances_seen": counts["instances"],
                    "pixels_seen": counts["pixels"],
                    "pretrain_images_seen": pre_meta.get("images_seen", 0),
                    "pretrain_instances_seen": pre_meta.get("instances_seen", 0),
                    "pretrain_pixels_seen": pre_meta.get("pixels_seen", 0)}
-            saved = None
-            rng = gather_over_ranks([torch.get_rng_state()], world_size)  # one state per rank
-            if rank == 0:
-                tmp = ckpt_path.with_name("checkpoint.pt.tmp")
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "iteration": it, "counts": counts, "rng": rng}, tmp)
-                os.replace(tmp, ckpt_path)
-                saved = ckpt_path
-                _log(out_dir, row, rank)
+            window, n_window = {}, 0
+            saved = save(ckpt_path, it)
+            _log(out_dir, row, rank)
             report(row, saved)
-            window, n_window, tick = {}, 0, time.perf_counter()
+            tick, n_timed = time.perf_counter(), 0
+        if it in fork_at:
+            save(out_dir / f"fork_{it}.pt", it)
     return row
 
 
