@@ -4,6 +4,8 @@
     study data check ANNOTATIONS    validate a COCO instances file and its images
     study data split ANNOTATIONS    hold out a deterministic val split of one COCO file
     study pretrain --out CKPT       pre-train a backbone as a classifier (the ImageNet stage)
+    study run [SPACE.yaml]          run a whole study on Ray Tune (default: search_spaces/default.yaml)
+    study plan SPACE.yaml           what a study trains: cells, trials, iterations, GPU-hours
     study trial SPACE.yaml --set K=V  run exactly one trial (Ray Train, or --no-ray)
     study config SPACE.yaml         validate a study file and print it resolved
 
@@ -157,6 +159,36 @@ def _row_text(r: dict) -> str:
     return f"  it {r['iteration']}  {r['status']}  lr {r['lr']:.5f}  loss {r['loss']:.3f}{ap}"
 
 
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.analysis import summary
+    from study.driver import run_study
+    from study.results import load_results
+
+    start = time.perf_counter()
+    cfg = load_study(args.space)
+    name = args.name or cfg.name
+    run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
+              forking=not args.no_fork)
+    run_dir = args.storage.resolve() / name
+    df = load_results(run_dir)
+    df.to_csv(run_dir / "results.csv", index=False)
+    print(f"\n{summary(df)}")
+    print(f"\nstudy {name} done in {time.perf_counter() - start:.0f} s: {df['trial'].nunique()} trials, "
+          f"every row in {run_dir / 'results.csv'} (or study.results.load_results('{run_dir}'))")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from study.plan import format_plan, plan_study
+
+    cfg = load_study(args.space)
+    print(format_plan(cfg, plan_study(cfg), s_per_iter=args.s_per_iter))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_study(args.space)
     print(dump_study(cfg), end="")
@@ -251,6 +283,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="results, data and the pre-training cache go here (default runs/)")
     trial.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     trial.set_defaults(func=_cmd_trial)
+
+    run = verbs.add_parser(
+        "run", help="run a whole study on Ray Tune (the main job)",
+        description="Train every trial of a study (init x schedule x size x seed x LR) on Ray Tune, "
+                    "shorter schedules forked from the longest, then print the convergence summary. "
+                    "Creates the synthetic set and the pre-trained backbone first if missing (cached "
+                    "under --storage).")
+    run.add_argument("space", type=Path, nargs="?", default=DEFAULT_SPACE,
+                     help="study YAML (default: the embedded search_spaces/default.yaml)")
+    run.add_argument("--storage", type=Path, default=Path("runs"),
+                     help="results, data and the pre-training cache go here (default runs/)")
+    run.add_argument("--name", default=None, help="results folder under --storage (default: the study's name)")
+    run.add_argument("--address", default=None,
+                     help="join a running Ray cluster ('auto', or HOST:PORT) instead of starting one")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run (Tune restore; trials resume from checkpoints)")
+    run.add_argument("--no-fork", action="store_true",
+                     help="train every schedule from iteration 0 instead of forking from the trunk")
+    run.set_defaults(func=_cmd_run)
+
+    plan = verbs.add_parser(
+        "plan", help="validate a study and print what it trains, without starting Ray",
+        description="Print the cells, trials, lineages, fork points and iterations with and "
+                    "without forking; with --s-per-iter, the trial-hours and GPU-hours.")
+    plan.add_argument("space", type=Path, help="study YAML")
+    plan.add_argument("--s-per-iter", type=float, default=None,
+                      help="seconds per training iteration of one trial, for the time estimate")
+    plan.set_defaults(func=_cmd_plan)
 
     config = verbs.add_parser("config", help="validate a study file and print it resolved",
                               description="Load a search-space YAML, validate every key and print "

@@ -228,6 +228,7 @@ class ResourcesConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None  # None: as many as the cluster fits
+    max_failures: int = 1  # Tune restarts of a failed trial; it resumes from its last checkpoint
 
     def __post_init__(self) -> None:
         require(self.workers > 0, "workers", f"{self.workers!r} must be > 0")
@@ -235,6 +236,7 @@ class ResourcesConfig:
         require(self.cpus_per_worker > 0, "cpus_per_worker", f"{self.cpus_per_worker!r} must be > 0")
         require(self.max_concurrent_trials is None or self.max_concurrent_trials > 0,
                  "max_concurrent_trials", f"{self.max_concurrent_trials!r} must be > 0 or null")
+        require(self.max_failures >= 0, "max_failures", f"{self.max_failures!r} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 The trunk (`train_trial(..., fork_at=[...])`) writes `fork_<iteration>.pt` at each fork point. A
 branch's folder then starts as if the branch had trained itself up to there: the fork checkpoint
 becomes its `checkpoint.pt`, and the trunk's metric rows up to the fork point become the first
-rows of its `metrics.jsonl`, relabelled with the branch's schedule. `train_trial` on that folder
-resumes from the checkpoint, so the stored results look exactly like separate runs.
+rows of its `metrics.jsonl`, relabelled with the branch's schedule, and `fork.json` records where
+it came from. `train_trial` on that folder resumes from the checkpoint, so the stored results
+look exactly like separate runs.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def start_branch(trunk_dir: str | Path, branch_dir: str | Path, fork_iter: int,
     state = trunk_state(trunk_dir, fork_iter)
     if state not in ("ready", "diverged"):
         raise RuntimeError(f"branch {branch.name()} cannot start: its trunk {trunk_dir} is {state}")
+    (branch_dir / "fork.json").write_text(json.dumps({"trunk": Path(trunk_dir).name,
+                                                      "iteration": fork_iter, "trunk_state": state}))
     tmp = branch_dir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, branch_dir / "metrics.jsonl")

@@ -46,13 +46,19 @@ def _worker(config: dict[str, Any]) -> None:
         train_trial(cfg, Trial(**config["trial"]), out_dir=config["out_dir"], data_root=config["data_root"],
                     pretrained_weights=config["pretrained_weights"], rank=ctx.get_world_rank(),
                     world_size=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
-                    report=report, resume_from=resume_from, device=ray.train.torch.get_device())
+                    report=report, resume_from=resume_from, fork_at=config["fork_at"],
+                    device=ray.train.torch.get_device())
 
 
 def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
                      pretrained_weights: str | None = None, storage: str | Path | None = None,
-                     keep_checkpoints: int = 2) -> Any:
-    """Run one trial on `cfg.resources.workers` Ray Train workers; returns Ray's Result."""
+                     keep_checkpoints: int = 2, fork_at: list[int] | tuple[int, ...] = (),
+                     callbacks: list[Any] | None = None) -> Any:
+    """Run one trial on `cfg.resources.workers` Ray Train workers; returns Ray's Result.
+
+    `callbacks` go to Ray Train's RunConfig (the study passes Tune's TuneReportCallback); the
+    run is named after the trial, so a restarted trial finds its own Train snapshot.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -66,12 +72,13 @@ def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, dat
         _worker,
         train_loop_config={"study": to_dict(cfg), "trial": dataclasses.asdict(trial),
                            "out_dir": str(out_dir), "data_root": str(data_root),
-                           "pretrained_weights": pretrained_weights},
+                           "pretrained_weights": pretrained_weights, "fork_at": list(fork_at)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker,
                                   **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
             name=trial.name(), storage_path=str(Path(storage or out_dir.parent / "ray").resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=callbacks or []),
     ).fit()

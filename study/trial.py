@@ -140,9 +140,11 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         if rank < len(cuda_rng) and torch.device(device).type == "cuda":
             torch.cuda.set_rng_state(cuda_rng[rank], torch.device(device))
     end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
-    if start_iter >= end:  # already trained this far: nothing to do
+    if start_iter >= end:  # already trained this far: report where it stands, train nothing
         done = read_metrics(out_dir)
-        return done[-1] if done else {}
+        row = done[-1] if done else {}
+        report(row, None)
+        return row
     if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
         model = convert_sync_batchnorm(model, cfg.model.norm, torch.device(device))
     net = wrap(model)

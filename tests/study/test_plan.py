@@ -1,0 +1,51 @@
+"""Plan arithmetic: cells, trials, lineages, fork points and iterations, exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from study.config import GridConfig, LRConfig, load_study
+from study.plan import fork_points, format_plan, plan_study, size_from_label, size_label, sizes
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = load_study(REPO / "search_spaces" / "paper_r50_gn.yaml")
+
+
+def test_the_papers_grid_forks_into_044x_of_the_iterations() -> None:
+    assert fork_points(PAPER.grid.schedule, PAPER.solver) == {
+        1.0: 30_000, 2.0: 120_000, 3.0: 210_000, 4.0: 300_000, 5.0: 390_000}
+    plan = plan_study(PAPER)
+    assert (plan.cells, plan.trials, plan.lineages) == (36, 36, 6)  # 2 inits x 3 sizes x 1 seed x 1 LR
+    assert plan.iterations_separate == 6 * 1_890_000  # 90k x (1 + ... + 6) per lineage
+    assert plan.iterations_forked == 6 * 840_000  # 540k trunk + 5 x 60k tails
+    assert plan.forked_ratio == pytest.approx(840 / 1890) and round(plan.forked_ratio, 2) == 0.44
+
+
+def test_lr_samples_and_fractions_multiply_the_trials() -> None:
+    cfg = dataclasses.replace(
+        PAPER, grid=GridConfig(init=("scratch",), schedule=(2, 3), train_images=(1000,),
+                               data_fraction=(0.1, 0.5), seeds=(0, 1)),
+        lr=LRConfig(low=0.01, high=0.1, samples=3))
+    plan = plan_study(cfg)
+    assert (plan.cells, plan.lrs_per_cell, plan.trials, plan.lineages) == (12, 3, 36, 18)
+    # 3x trunk 270k + the 2x branch from its first drop (120k) to its end (180k)
+    assert plan.iterations_forked == 18 * (270_000 + 60_000)
+    assert plan.iterations_separate == 18 * (180_000 + 270_000)
+    assert [size_label(s) for s in sizes(cfg.grid)] == ["1000", "frac0.1", "frac0.5"]
+
+
+def test_the_printed_plan_has_the_hours() -> None:
+    text = format_plan(PAPER, plan_study(PAPER), s_per_iter=0.5)
+    assert "36 cells x 1 LRs = 36 trials in 6 lineages" in text
+    assert "5,040,000 with forking, 11,340,000 without (0.44x)" in text
+    # 5.04M iterations x 0.5 s = 700 h of one trial's 8 GPUs
+    assert "with forking: 700.0 trial-hours, 5,600.0 GPU-hours" in text
+
+
+@pytest.mark.parametrize("label,size", [("full", ("full", None)), ("1000", (1000, None)),
+                                        ("frac0.25", (None, 0.25))])
+def test_size_labels_round_trip(label: str, size: tuple) -> None:
+    assert size_label(size) == label and size_from_label(label) == size
