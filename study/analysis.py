@@ -51,7 +51,7 @@ def summary(df: pd.DataFrame, metric: str = "bbox_AP") -> str:
     diverged = int((final_rows(df)["status"] == "diverged").sum())
     parts = [f"final {metric} at each cell's best LR (mean over seeds ± half their range):",
              _table(compare(final, metric)),
-             f"\nat the first evaluation (iteration {first_iter}, shared by every schedule), {metric}:",
+             f"\nat the first evaluation (iteration {first_iter}; the longest schedule's row), {metric}:",
              _table(compare(first, metric)),
              f"and the mean training loss over iterations 1-{first_iter} (lower is better):",
              _table(compare(first, "loss"))]

@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # progress lines appear as they happen, also in a log file
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return args.func(args)
     except ConfigError as e:

@@ -178,7 +178,7 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
             tune_config=tune.TuneConfig(
                 search_alg=StudySearcher(cfg, forking=forking), num_samples=plan.trials,
                 metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
-                reuse_actors=False),
+                reuse_actors=True),  # one process per concurrent slot: no torch import per trial
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(run_dir), verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),

@@ -80,5 +80,7 @@ def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, dat
         run_config=ray.train.RunConfig(
             name=trial.name(), storage_path=str(Path(storage or out_dir.parent / "ray").resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            # a dead worker restarts the whole group, which resumes from the last checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
             callbacks=callbacks or []),
     ).fit()

@@ -21,6 +21,7 @@ def test_cluster_yaml_validates_with_rays_launcher_code() -> None:
     validate_config(cfg)
     types = cfg["available_node_types"]
     assert types[cfg["head_node_type"]]["resources"]["GPU"] == 0  # drivers only on the head
+    assert types[cfg["head_node_type"]]["resources"]["TRAIN_DRIVER"] > 0  # study/driver.py uses it
     assert any(t["resources"].get("GPU", 0) > 0 for t in types.values())
     assert ".venv" in cfg["rsync_exclude"]  # never ship a multi-GB local environment
 

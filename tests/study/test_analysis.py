@@ -59,7 +59,7 @@ def test_best_lr_and_the_gap(run: Path) -> None:
 def test_summary_text(run: Path) -> None:
     text = summary(load_results(run))
     assert "     100       2x    31.00 ± 1.00    36.00 ± 1.00    +5.00" in text
-    assert "(iteration 10, shared by every schedule)" in text
+    assert "(iteration 10; the longest schedule's row)" in text
     assert "     100      all     6.00 ± 1.00    13.00 ± 1.00    +7.00" in text  # early AP at best LRs
     assert "     100      all     1.50 ± 0.00     0.80 ± 0.00    -0.70" in text  # early loss
     with pytest.raises(FileNotFoundError, match="not a study run"):
