@@ -49,3 +49,30 @@ def test_the_printed_plan_has_the_hours() -> None:
                                         ("frac0.25", (None, 0.25))])
 def test_size_labels_round_trip(label: str, size: tuple) -> None:
     assert size_label(size) == label and size_from_label(label) == size
+
+
+def test_study_plan_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from study.cli import main
+
+    assert main(["plan", str(REPO / "search_spaces" / "default.yaml")]) == 0
+    assert "24 cells x 2 LRs = 48 trials in 16 lineages" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {schedule: [1, 1]}\n")
+    assert main(["plan", str(bad)]) == 2
+    assert "bad.yaml: grid.schedule: [1.0, 1.0] lists a value twice" in capsys.readouterr().err
+    bad.write_text("name: x\nlr: {low: 0.1, high: 0.01}\n")
+    assert main(["plan", str(bad)]) == 2
+    assert "bad.yaml: lr.high: need 0 < low < high, got low=0.1, high=0.01" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_not_silently_reused(tmp_path: Path) -> None:
+    from study.driver import run_study
+    from study.errors import ConfigError
+
+    smoke = load_study(REPO / "search_spaces" / "smoke.yaml")
+    (tmp_path / "smoke" / "trials" / "some_trial").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds trials of this study: add --resume"):
+        run_study(smoke, storage=tmp_path)
+    (tmp_path / "smoke" / "study.yaml").write_text("name: smoke\n")
+    with pytest.raises(ConfigError, match="holds a study with another configuration"):
+        run_study(smoke, storage=tmp_path, resume=True)
