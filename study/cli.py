@@ -6,6 +6,7 @@
     study pretrain --out CKPT       pre-train a backbone as a classifier (the ImageNet stage)
     study run [SPACE.yaml]          run a whole study on Ray Tune (default: search_spaces/default.yaml)
     study plan SPACE.yaml           what a study trains: cells, trials, iterations, GPU-hours
+    study analyze RUN_DIR           tables, figures and a report of a study's results
     study trial SPACE.yaml --set K=V  run exactly one trial (Ray Train, or --no-ray)
     study config SPACE.yaml         validate a study file and print it resolved
 
@@ -163,21 +164,43 @@ DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from study.analysis import summary
-    from study.driver import run_study
-    from study.results import load_results
+    import datetime
+    import json
 
-    start = time.perf_counter()
+    from study.driver import run_study
+    from study.report import RUN_INFO, machine
+
+    start, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec="seconds")
     cfg = load_study(args.space)
     name = args.name or cfg.name
     run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
               forking=not args.no_fork)
     run_dir = args.storage.resolve() / name
-    df = load_results(run_dir)
-    df.to_csv(run_dir / "results.csv", index=False)
-    print(f"\n{summary(df)}")
-    print(f"\nstudy {name} done in {time.perf_counter() - start:.0f} s: {df['trial'].nunique()} trials, "
-          f"every row in {run_dir / 'results.csv'} (or study.results.load_results('{run_dir}'))")
+    (run_dir / RUN_INFO).write_text(json.dumps({
+        "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - start, "machine": machine()}, indent=1))
+    _analyze(run_dir, run_dir / "report")
+    print(f"study {name} done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _analyze(run_dir: Path, out: Path, tol: float = 0.5) -> None:
+    from study.analysis import summary
+    from study.report import write_report
+    from study.results import load_results, run_config
+
+    report = write_report(run_dir, out, tol=tol)
+    unit = run_config(run_dir).get("solver", {}).get("unit_iters")
+    print(f"\n{summary(load_results(run_dir), unit)}\n")
+    print(f"report: {report} (and report.html, figures, results.parquet/.csv beside it)")
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "trials").is_dir():
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no trials/ folder): pass "
+                                     "STORAGE/NAME, e.g. runs/default")
+    _analyze(run_dir, (args.out or run_dir / "report").resolve(), tol=args.tol)
     return 0
 
 
@@ -193,6 +216,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_study(args.space)
     print(dump_study(cfg), end="")
     return 0
+
+
+def _storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", type=Path, default=Path("runs"),
+                        help="results, data and the pre-training cache go here (default runs/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("space", type=Path, help="study YAML")
     trial.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                        help="e.g. init=scratch schedule=2 train_images=500 base_lr=0.02 seed=0")
-    trial.add_argument("--storage", type=Path, default=Path("runs"),
-                       help="results, data and the pre-training cache go here (default runs/)")
+    _storage_option(trial)
     trial.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     trial.set_defaults(func=_cmd_trial)
 
@@ -292,8 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "under --storage).")
     run.add_argument("space", type=Path, nargs="?", default=DEFAULT_SPACE,
                      help="study YAML (default: the embedded search_spaces/default.yaml)")
-    run.add_argument("--storage", type=Path, default=Path("runs"),
-                     help="results, data and the pre-training cache go here (default runs/)")
+    _storage_option(run)
     run.add_argument("--name", default=None, help="results folder under --storage (default: the study's name)")
     run.add_argument("--address", default=None,
                      help="join a running Ray cluster ('auto', or HOST:PORT) instead of starting one")
@@ -302,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-fork", action="store_true",
                      help="train every schedule from iteration 0 instead of forking from the trunk")
     run.set_defaults(func=_cmd_run)
+
+    analyze = verbs.add_parser(
+        "analyze", help="tables, figures and a report from a study run's stored results",
+        description="Read RUN_DIR/trials/*/metrics.jsonl (no Ray needed) and write report.md, a "
+                    "self-contained report.html, the figures and results.parquet/.csv; print the "
+                    "summary. Works on a run still in progress (partial results, stated as such).")
+    analyze.add_argument("run_dir", type=Path, help="a study run: STORAGE/NAME, e.g. runs/default")
+    analyze.add_argument("--out", type=Path, default=None, help="report folder (default RUN_DIR/report)")
+    analyze.add_argument("--tol", type=float, default=0.5,
+                         help="AP within which scratch counts as caught up (default 0.5; or the seed spread)")
+    analyze.set_defaults(func=_cmd_analyze)
 
     plan = verbs.add_parser(
         "plan", help="validate a study and print what it trains, without starting Ray",

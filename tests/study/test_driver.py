@@ -31,11 +31,14 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
         grid = run_study(cfg, storage=tmp_path, name="separate", forking=False, verbose=0)
     finally:
         ray.shutdown()
-    assert "bbox_AP at each cell's best LR" in printed and "study forked done" in printed
+    assert "final bbox_AP at each cell's best LR" in printed and "study forked done" in printed
+    assert (tmp_path / "forked" / "report" / "report.md").read_text().startswith(
+        "# Study smoke: scratch vs pretrained (complete)")
     assert len(grid) == plan.trials and not grid.errors
 
     forked, separate = load_results(tmp_path / "forked"), load_results(tmp_path / "separate")
-    assert (tmp_path / "forked" / "results.csv").is_file() and (tmp_path / "forked" / "study.yaml").is_file()
+    assert (tmp_path / "forked" / "report" / "results.parquet").is_file()
+    assert (tmp_path / "forked" / "study.yaml").is_file() and (tmp_path / "forked" / "run.json").is_file()
     assert sorted(forked["trial"].unique()) == sorted(separate["trial"].unique())
     assert len(forked["trial"].unique()) == plan.trials
     assert (final_rows(forked)["status"] == "finished").all()
