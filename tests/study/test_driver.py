@@ -64,3 +64,33 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
 
     assert trained(tmp_path / "forked") == plan.iterations_forked < plan.iterations_separate
     assert trained(tmp_path / "separate") == plan.iterations_separate
+
+
+@pytest.mark.slow
+def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path) -> None:
+    """resources.workers: 2: each Tune trial drives a Ray Train job (TRAIN_DRIVER token,
+    TuneReportCallback); branches start their worker group from the trunk's fork checkpoint."""
+    import dataclasses
+
+    import ray
+
+    from study.driver import run_study
+
+    cfg = load_study(SMOKE)
+    cfg = dataclasses.replace(cfg, name="smoke2w", resources=dataclasses.replace(cfg.resources, workers=2))
+    try:
+        grid = run_study(cfg, storage=tmp_path, verbose=0)
+    finally:
+        ray.shutdown()
+    assert len(grid) == 4 and not grid.errors
+    assert all(r.metrics["status"] == "finished" for r in grid)  # forwarded by TuneReportCallback
+    df = load_results(tmp_path / "smoke2w")
+    assert (final_rows(df)["status"] == "finished").all() and df["trial"].nunique() == 4
+    runs = sorted(p.name for p in (tmp_path / "smoke2w" / "train_runs").iterdir())
+    assert runs == sorted(df["trial"].unique())  # one Ray Train run per trial
+    for branch in df.loc[df["schedule"] == 1, "trial"].unique():
+        fork = json.loads((tmp_path / "smoke2w" / "trials" / branch / "fork.json").read_text())
+        assert fork["iteration"] == 3 and fork["trunk"].startswith(branch.split("_1x_")[0] + "_2x_")
+    trunk_rows = df[(df["schedule"] == 2) & (df["iteration"] == 3)].set_index("init")["loss"]
+    branch_rows = df[(df["schedule"] == 1) & (df["iteration"] == 3)].set_index("init")["loss"]
+    assert branch_rows.to_dict() == trunk_rows.to_dict()  # the shared row, relabelled
