@@ -37,6 +37,7 @@ from study.trial import Trial, split_paths, train_trial
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # see study/trainer.py
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table: one line per trial, our columns
+os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train API lists runs
 TRAIN_DRIVER = "TRAIN_DRIVER"  # the custom resource a multi-worker trial's driver holds
 
 
