@@ -1,0 +1,28 @@
+"""bench/gpu_check.py runs (reduced mode on CPU), so it cannot rot while no GPU is around."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_the_gpu_check_runs_in_reduced_mode() -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--reduced", "--iters", "2",
+                          "--warmup", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert re.search(r"resnet18-FPN GN \(tiny profile, 64x64\), 2 images/iteration, .* "
+                     r"[0-9.]+ s/iter, [0-9.]+ images/s; last loss [0-9.]+$", line), line
+
+
+def test_the_full_check_refuses_a_machine_without_a_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return  # on a GPU machine the full check is a benchmark, not a test
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--iters", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 2 and "no GPU here" in out.stderr
