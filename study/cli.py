@@ -128,17 +128,14 @@ def _parse_trial(cfg: StudyConfig, assignments: list[str]) -> Trial:
 
 
 def _cmd_trial(args: argparse.Namespace) -> int:
-    from study.pretrain import ensure_pretrained
+    from study.pretrain import study_weights
     from study.trial import read_metrics, train_trial
 
     cfg = load_study(args.space)
     trial = _parse_trial(cfg, args.set)
     storage = args.storage.resolve()
     out = storage / cfg.name / "trials" / trial.name()
-    weights = cfg.model.pretrained_weights
-    if trial.init == "pretrained" and weights is None:
-        weights = str(ensure_pretrained(cfg.pretrain, backbone=cfg.model.backbone,
-                                        cache_dir=storage / "pretrained"))
+    weights = study_weights(cfg, storage) if trial.init == "pretrained" else cfg.model.pretrained_weights
     print(f"trial {trial.name()} -> {out}")
     if args.no_ray:
         row = train_trial(cfg, trial, out_dir=out, data_root=storage / "data", pretrained_weights=weights,

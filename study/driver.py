@@ -109,14 +109,10 @@ def prepare(cfg: StudyConfig, storage: Path) -> str | None:
     """Make what every trial shares, in the driver, before any trial starts: the synthetic set
     (if the study uses it) and the pre-trained backbone (if a trial needs one). Returns the
     weights to load for init 'pretrained'."""
-    from study.pretrain import ensure_pretrained
+    from study.pretrain import study_weights
 
     split_paths(cfg, storage / "data")
-    weights = cfg.model.pretrained_weights
-    if "pretrained" in cfg.grid.init and weights is None:
-        weights = str(ensure_pretrained(cfg.pretrain, backbone=cfg.model.backbone,
-                                        cache_dir=storage / "pretrained"))
-    return weights
+    return study_weights(cfg, storage) if "pretrained" in cfg.grid.init else cfg.model.pretrained_weights
 
 
 def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,

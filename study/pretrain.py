@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.classifier import backbone_state, build_classifier
 from models.norms import convert_sync_batchnorm, parameter_groups
-from study.config import PretrainConfig
+from study.config import PretrainConfig, StudyConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.ranks import sum_over_ranks
 
@@ -237,3 +237,13 @@ def ensure_pretrained(pcfg: PretrainConfig, *, backbone: str, cache_dir: str | P
     run_pretrain(pcfg, backbone=backbone, out=path, data_dir=Path(cache_dir) / "pretrain_data",
                  progress=progress)
     return path
+
+
+def study_weights(cfg: StudyConfig, storage: str | Path) -> str:
+    """The weights a study's pretrained arm loads: `model.pretrained_weights` when set, else the
+    cached `study pretrain` checkpoint of its `pretrain` section (made first if missing) under
+    `storage/pretrained`."""
+    if cfg.model.pretrained_weights is not None:
+        return cfg.model.pretrained_weights
+    return str(ensure_pretrained(cfg.pretrain, backbone=cfg.model.backbone,
+                                 cache_dir=Path(storage) / "pretrained"))

@@ -20,7 +20,7 @@ import pandas as pd
 from study import analysis, figures
 from study.config import study_from_dict
 from study.plan import plan_study
-from study.results import export_results, load_results, run_config
+from study.results import export_results, final_rows, load_results, run_config
 from study.schedule import schedule_for
 
 RUN_INFO = "run.json"  # written by `study run`: hardware, start, end, seconds
@@ -52,7 +52,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, tol: fl
     unit = cfg.solver.unit_iters if cfg else None
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).is_file() else {}
 
-    finals = analysis.final_rows(df) if len(df) else df
+    finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
     planned = plan_study(cfg).trials if cfg else None
     state = ("complete" if planned is not None and ended >= planned and ended == len(finals)

@@ -102,6 +102,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     if batch % world_size:
         raise ValueError(f"solver.ims_per_batch {batch} is not divisible by {world_size} workers")
     train, val = trial_datasets(cfg, trial, data_root)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
 
     torch.manual_seed(trial.seed)  # the same random init in both arms
     model = build_mask_rcnn(backbone=cfg.model.backbone, norm=cfg.model.norm,
@@ -137,8 +139,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         if rank < len(state["rng"]):  # RPN/RoI sampling draws from it
             torch.set_rng_state(state["rng"][rank])
         cuda_rng = state.get("cuda_rng", [])
-        if rank < len(cuda_rng) and torch.device(device).type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng[rank], torch.device(device))
+        if rank < len(cuda_rng) and cuda:
+            torch.cuda.set_rng_state(cuda_rng[rank], device)
     end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
     if start_iter >= end:  # already trained this far: report where it stands, train nothing
         done = read_metrics(out_dir)
@@ -146,14 +148,13 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         report(row, None)
         return row
     if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
-        model = convert_sync_batchnorm(model, cfg.model.norm, torch.device(device))
+        model = convert_sync_batchnorm(model, cfg.model.norm, device)
     net = wrap(model)
     lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
     sampler = IterationBatchSampler(len(train), batch, seed=trial.seed, start_iter=start_iter,
                                     max_iter=end, rank=rank, world_size=world_size)
     # Its own generator: creating the iterator must not draw from the global RNG, which the
     # RPN/RoI samplers use and the checkpoint restores.
-    cuda = torch.device(device).type == "cuda"
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.loader_workers, pin_memory=cuda,
                         generator=torch.Generator().manual_seed(trial.seed))

@@ -8,21 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from study.config import study_from_dict
+from study.config import study_from_dict, to_dict
 from study.forking import start_branch, trunk_state
 from study.trial import Trial, read_metrics, train_trial
+from tests.study.test_trial import SMOKE, TRIAL
 
 # 1x = 8 iterations, drops 4 and 2 before the end: 1x leaves the 2x trunk at iteration 4, which is
 # not an evaluation point (every 3), so the loss window must travel with the fork checkpoint.
-CFG = study_from_dict({
-    "name": "fork_smoke",
-    "data": {"synthetic": {"train_images": 24, "val_images": 6, "image_size": 64}},
-    "model": {"backbone": "resnet18", "norm": "gn", "profile": "tiny", "min_size": 64, "max_size": 64},
-    "solver": {"base_lr": 0.01, "ims_per_batch": 2, "unit_iters": 8, "drops_before_end": [4, 2],
-               "warmup_iters": 2, "eval_period": 3},
-    "grid": {"schedule": [1, 2]},
-})
-ONE = Trial(init="scratch", schedule=1, base_lr=0.01, seed=0, train_images=16)
+CFG = study_from_dict({**to_dict(SMOKE), "name": "fork_smoke",
+                       "solver": {**to_dict(SMOKE.solver), "ims_per_batch": 2, "eval_period": 3},
+                       "grid": {**to_dict(SMOKE.grid), "schedule": [1, 2]}})
+ONE = dataclasses.replace(TRIAL, schedule=1)
 TWO = dataclasses.replace(ONE, schedule=2)
 TIMING = {"images_per_s"}
 
