@@ -191,7 +191,8 @@ def findings(df: pd.DataFrame, unit_iters: int | None = None, metric: str = "bbo
     return out
 
 
-def summary(df: pd.DataFrame, unit_iters: int | None = None, metric: str = "bbox_AP") -> str:
+def summary(df: pd.DataFrame, unit_iters: int | None = None, metric: str = "bbox_AP",
+            tol: float = 0.5) -> str:
     """The short text `study run` prints at the end (and `study analyze` too)."""
     if df.empty:
         return "no results yet"
@@ -200,5 +201,5 @@ def summary(df: pd.DataFrame, unit_iters: int | None = None, metric: str = "bbox
         parts.append(f"  {size} training images")
         parts += ["    " + line for line in pivot.to_string().splitlines()]
     parts.append("")
-    parts += [f"- {line}" for line in findings(df, unit_iters, metric)]
+    parts += [f"- {line}" for line in findings(df, unit_iters, metric, tol)]
     return "\n".join(parts)

@@ -182,13 +182,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _analyze(run_dir: Path, out: Path, tol: float = 0.5) -> None:
-    from study.analysis import summary
     from study.report import write_report
-    from study.results import load_results, run_config
 
-    report = write_report(run_dir, out, tol=tol)
-    unit = run_config(run_dir).get("solver", {}).get("unit_iters")
-    print(f"\n{summary(load_results(run_dir), unit)}\n")
+    report, summary = write_report(run_dir, out, tol=tol)  # reads the results once
+    print(f"\n{summary}\n")
     print(f"report: {report} (and report.html, figures, results.parquet/.csv beside it)")
 
 

@@ -40,8 +40,10 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, tol: float = 0.5) -> Path:
-    """Write report.md, report.html, results.parquet/.csv and the figures; returns report.md."""
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
+                 tol: float = 0.5) -> tuple[Path, str]:
+    """Write report.md, report.html, results.parquet/.csv and the figures; returns report.md's
+    path and the short summary (`analysis.summary`, same results, same tolerance)."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, tol: fl
     title = f"Study {raw.get('name', run_dir.name)}: scratch vs pretrained ({state})"
     (out / "report.md").write_text(_markdown(title, sections))
     (out / "report.html").write_text(_html(title, sections))
-    return out / "report.md"
+    return out / "report.md", analysis.summary(df, unit, tol=tol)
 
 
 def _run_text(info: dict[str, Any], df: pd.DataFrame) -> str:

@@ -133,6 +133,8 @@ def test_findings_and_the_report(run: Path, capsys: pytest.CaptureFixture) -> No
     assert "data:image/png;base64," in (run / "out" / "report.html").read_text()
     assert (run / "out" / "results.parquet").is_file() and (run / "out" / "results.csv").is_file()
     assert main(["analyze", str(run / "nope")]) == 2
+    assert main(["analyze", str(run), "--out", str(run / "strict"), "--tol", "0.1"]) == 0
+    assert "scratch catches up with pretrained at 4x" in capsys.readouterr().out  # printed with --tol too
     # a run in progress: one trial still running
     (run / "trials" / "scratch_1x_n100_lr0.02_s0" / "metrics.jsonl").write_text(
         json.dumps({"iteration": 10, "status": "running", "init": "scratch", "schedule": 1, "base_lr": 0.02,
