@@ -6,20 +6,29 @@ boxes consistent) for a few iterations, with what a GPU trial uses: bf16 autocas
 `study.trial`. Prints seconds per iteration, images/s and peak GPU memory. Compare with
 Detectron2's published 0.338 s/iter for scratch R50-FPN GN (8 V100, 2 images per GPU).
 
+`--norm syncbn` trains the SyncBN variant the way a multi-GPU trial does: BatchNorm converted to
+SyncBatchNorm (`models.norms.convert_sync_batchnorm`) and wrapped in DDP over an NCCL process
+group, here of one GPU (so the statistics are not synchronised across cards, but the conversion,
+NCCL and DDP all run). `--channels-last` converts the model to the channels-last memory format.
+bench/gpu_check.sh runs the set of variants that the README's GPU table reports.
+
     python bench/gpu_check.py                       # on a GPU: R50-FPN GN, 2 images/iteration
+    python bench/gpu_check.py --norm syncbn         # on a GPU: R50-FPN SyncBN through DDP + NCCL
     python bench/gpu_check.py --reduced --iters 3   # anywhere: ResNet-18 tiny profile at 64 px
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 
 import torch
 
 from models.init import init_scratch
 from models.mask_rcnn import build_mask_rcnn
-from models.norms import parameter_groups
+from models.norms import convert_sync_batchnorm, parameter_groups
 from study.engine import train_step
 
 
@@ -53,17 +62,32 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
     p.add_argument("--ims-per-gpu", type=int, default=2, help="images per iteration (default 2)")
     p.add_argument("--no-bf16", action="store_true", help="full fp32 on CUDA")
+    p.add_argument("--norm", choices=("gn", "syncbn"), default="gn",
+                   help="gn (default), or syncbn: SyncBatchNorm + DDP over NCCL (CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="model in channels-last memory format")
+    p.add_argument("--json", metavar="FILE", help="append the result to FILE as one JSON line")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone, profile, size = ("resnet18", "tiny", (64, 64)) if args.reduced else ("resnet50", "paper", (800, 1333))
     if device.type == "cpu" and not args.reduced:
         p.error("no GPU here: the full check needs CUDA; use --reduced for a CPU smoke run")
+    if args.norm == "syncbn" and device.type != "cuda":
+        p.error("--norm syncbn needs CUDA: SyncBatchNorm does not run on CPU tensors")
     torch.manual_seed(0)
-    model = build_mask_rcnn(backbone=backbone, norm="gn", num_classes=80, profile=profile,
+    model = build_mask_rcnn(backbone=backbone, norm=args.norm, num_classes=80, profile=profile,
                             min_size=size[0], max_size=size[1])
     init_scratch(model)
     model.to(device).train()
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net: torch.nn.Module = model
+    if args.norm == "syncbn":  # what study.trainer does on every worker of a multi-GPU trial
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        torch.distributed.init_process_group("nccl", rank=0, world_size=1)
+        model = convert_sync_batchnorm(model, "syncbn", device)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0])
     optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
                                 lr=0.02 * args.ims_per_gpu / 16, momentum=0.9)
     autocast = device.type == "cuda" and not args.no_bf16
@@ -72,7 +96,7 @@ def main() -> None:
 
     def step(i: int) -> float:
         images, targets = data[i % len(data)]
-        return train_step(model, images, targets, optimizer, autocast=autocast)["loss"]
+        return train_step(net, images, targets, optimizer, autocast=autocast)["loss"]
 
     for i in range(args.warmup):
         step(i)
@@ -86,11 +110,22 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.iters
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
-    memory = (f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-              if device.type == "cuda" else "")
-    print(f"{backbone}-FPN GN ({profile} profile, {size[0]}x{size[1]}), {args.ims_per_gpu} images/iteration, "
-          f"{'bf16 autocast' if autocast else 'fp32'} on {name}: {seconds:.3f} s/iter, "
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    memory = f", peak memory {peak:.2f} GiB" if peak is not None else ""
+    precision = "bf16 autocast" if autocast else "fp32"
+    layout = ", channels-last" if args.channels_last else ""
+    norm = {"gn": "GN", "syncbn": "SyncBN+DDP"}[args.norm]
+    print(f"{backbone}-FPN {norm} ({profile} profile, {size[0]}x{size[1]}), {args.ims_per_gpu} images/iteration, "
+          f"{precision}{layout} on {name}: {seconds:.3f} s/iter, "
           f"{args.ims_per_gpu / seconds:.1f} images/s{memory}; last loss {loss:.3f}")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps({"backbone": backbone, "norm": args.norm, "profile": profile,
+                                "size": list(size), "ims_per_iter": args.ims_per_gpu,
+                                "precision": precision, "channels_last": args.channels_last,
+                                "device": name, "torch": torch.__version__, "iters": args.iters,
+                                "s_per_iter": seconds, "images_per_s": args.ims_per_gpu / seconds,
+                                "peak_memory_gib": peak, "last_loss": loss}) + "\n")
     if not args.reduced:
         print("Detectron2, scratch R50-FPN GN, 8 V100 x 2 images: 0.338 s/iter (its model zoo)")
 

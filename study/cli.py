@@ -129,7 +129,7 @@ def _parse_trial(cfg: StudyConfig, assignments: list[str]) -> Trial:
 
 def _cmd_trial(args: argparse.Namespace) -> int:
     from study.pretrain import study_weights
-    from study.trial import read_metrics, train_trial
+    from study.trial import read_metrics, train_trial, trial_device
 
     cfg = load_study(args.space)
     trial = _parse_trial(cfg, args.set)
@@ -139,7 +139,7 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     print(f"trial {trial.name()} -> {out}")
     if args.no_ray:
         row = train_trial(cfg, trial, out_dir=out, data_root=storage / "data", pretrained_weights=weights,
-                          report=lambda r, _c: print(_row_text(r)))
+                          device=trial_device(cfg), report=lambda r, _c: print(_row_text(r)))
     else:
         from study.trainer import run_trial_on_ray
 

@@ -32,7 +32,7 @@ from study.errors import ConfigError
 from study.forking import FAILED_MARKER, start_branch, trunk_state
 from study.plan import plan_study, size_from_label
 from study.searcher import METRIC, MODE, StudySearcher
-from study.trial import Trial, split_paths, train_trial
+from study.trial import Trial, split_paths, train_trial, trial_device
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # see study/trainer.py
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -77,9 +77,9 @@ def _study_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
             import torch
 
             torch.set_num_threads(cfg.resources.cpus_per_worker)
-            device = "cuda" if cfg.resources.gpus_per_worker > 0 else "cpu"
             train_trial(cfg, trial, out_dir=out, data_root=setup["data_root"], pretrained_weights=weights,
-                        fork_at=point["fork_at"], device=device, report=lambda row, _ckpt: to_tune(row))
+                        fork_at=point["fork_at"], device=trial_device(cfg),
+                        report=lambda row, _ckpt: to_tune(row))
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 

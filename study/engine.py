@@ -27,8 +27,8 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[
         losses = model(images, [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")}
                                 for t in targets])
     total = sum(losses.values())
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["loss"] = float(total.detach())
+    parts = torch.stack([v.detach().float() for v in (*losses.values(), total)]).tolist()  # one sync
+    values = dict(zip([*losses, "loss"], parts))
     if not np.isfinite(values["loss"]):
         return values
     optimizer.zero_grad(set_to_none=True)

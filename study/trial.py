@@ -59,6 +59,16 @@ class Trial:
         return f"{self.init}_{self.schedule:g}x_{size}_lr{self.base_lr:g}_s{self.seed}"
 
 
+def trial_device(cfg: StudyConfig) -> str:
+    """Where a one-process trial trains: 'cuda' when the study gives workers GPUs, else 'cpu'."""
+    if cfg.resources.gpus_per_worker <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("resources.gpus_per_worker > 0 but this process sees no CUDA device "
+                           "(torch.cuda.is_available() is False); set gpus_per_worker: 0 for a CPU run")
+    return "cuda"
+
+
 def split_paths(cfg: StudyConfig, data_root: str | Path) -> tuple[tuple[str, str], tuple[str, str]]:
     """((train annotations, images), (val annotations, images)); the synthetic set is made if missing."""
     if cfg.data.source == "synthetic":

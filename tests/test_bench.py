@@ -26,3 +26,14 @@ def test_the_full_check_refuses_a_machine_without_a_gpu() -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--iters", "1"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 2 and "no GPU here" in out.stderr
+
+
+def test_the_gpu_trial_script_resumes_exactly_on_the_cpu() -> None:
+    """bench/gpu_trial.py on the CPU: the stopped-and-resumed history equals the straight one."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_trial.py"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("trial scratch_2x_n16_lr0.01_s0 on CPU: largest |straight - resumed| "), last
+    assert last.endswith("loss 0, loss_classifier 0, loss_mask 0, bbox_AP 0, segm_AP 0"), last
+    assert out.stdout.count(" finished ") == 2
