@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from models.choices import BACKBONES, NORMS
 from study.config import PretrainConfig, StudyConfig, dump_study, load_study
 from study.errors import ConfigError, DataError
 from study.schedule import schedule_for
+from study.storage import Store, fetch_run, is_uri
 
 if TYPE_CHECKING:
     from study.trial import Trial
@@ -172,25 +174,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     name = args.name or cfg.name
     run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
               forking=not args.no_fork)
-    run_dir = args.storage.resolve() / name
-    (run_dir / RUN_INFO).write_text(json.dumps({
+    store = Store(args.storage)
+    store.write_text(f"{name}/{RUN_INFO}", json.dumps({
         "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - start, "machine": machine()}, indent=1))
-    _analyze(run_dir, run_dir / "report")
+    if store.remote:  # analyse a local copy of the results, then put the report beside them
+        with tempfile.TemporaryDirectory() as tmp:
+            _analyze(fetch_run(store, name, Path(tmp) / name), Path(tmp) / "report",
+                     shown=store.uri(name, "report", "report.md"))
+            store.put_tree(Path(tmp) / "report", f"{name}/report")
+    else:
+        _analyze(store.local(name), store.local(name) / "report")
     print(f"study {name} done in {time.perf_counter() - start:.0f} s")
     return 0
 
 
-def _analyze(run_dir: Path, out: Path, tol: float = 0.5) -> None:
+def _analyze(run_dir: Path, out: Path, tol: float = 0.5, shown: str | None = None) -> None:
     from study.report import write_report
 
     report, summary = write_report(run_dir, out, tol=tol)  # reads the results once
     print(f"\n{summary}\n")
-    print(f"report: {report} (and report.html, figures, results.parquet/.csv beside it)")
+    print(f"report: {shown or report} (and report.html, figures, results.parquet/.csv beside it)")
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    run_dir = args.run_dir.resolve()
+    if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
+        root, _, name = args.run_dir.split("?", 1)[0].rstrip("/").rpartition("/")
+        query = args.run_dir[len(args.run_dir.split("?", 1)[0]):]
+        store = Store(root + query)
+        if not store.listdir(f"{name}/trials"):
+            raise ConfigError("RUN_DIR", f"{args.run_dir} is not a study run (no trials/ in it)")
+        out = (args.out or Path(f"{name}-report")).resolve()
+        with tempfile.TemporaryDirectory() as tmp:
+            _analyze(fetch_run(store, name, Path(tmp) / name), out, tol=args.tol)
+        return 0
+    run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "trials").is_dir():
         raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no trials/ folder): pass "
                                      "STORAGE/NAME, e.g. runs/default")
@@ -212,9 +230,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", type=Path, default=Path("runs"),
-                        help="results, data and the pre-training cache go here (default runs/)")
+def _storage_option(parser: argparse.ArgumentParser, uri: bool = False) -> None:
+    if uri:
+        parser.add_argument("--storage", default="runs",
+                            help="results, data and the pre-training cache go here (default runs/): a "
+                                 "folder, or a URI every node reaches (s3://bucket/runs, gs://..., file://...)")
+    else:
+        parser.add_argument("--storage", type=Path, default=Path("runs"),
+                            help="results, data and the pre-training cache go here (default runs/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "under --storage).")
     run.add_argument("space", type=Path, nargs="?", default=DEFAULT_SPACE,
                      help="study YAML (default: the embedded search_spaces/default.yaml)")
-    _storage_option(run)
+    _storage_option(run, uri=True)
     run.add_argument("--name", default=None, help="results folder under --storage (default: the study's name)")
     run.add_argument("--address", default=None,
                      help="join a running Ray cluster ('auto', or HOST:PORT) instead of starting one")
@@ -328,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read RUN_DIR/trials/*/metrics.jsonl (no Ray needed) and write report.md, a "
                     "self-contained report.html, the figures and results.parquet/.csv; print the "
                     "summary. Works on a run still in progress (partial results, stated as such).")
-    analyze.add_argument("run_dir", type=Path, help="a study run: STORAGE/NAME, e.g. runs/default")
-    analyze.add_argument("--out", type=Path, default=None, help="report folder (default RUN_DIR/report)")
+    analyze.add_argument("run_dir", help="a study run: STORAGE/NAME, e.g. runs/default or s3://bucket/runs/NAME")
+    analyze.add_argument("--out", type=Path, default=None,
+                         help="report folder (default RUN_DIR/report; NAME-report here for a URI)")
     analyze.add_argument("--tol", type=float, default=0.5,
                          help="AP within which scratch counts as caught up (default 0.5; or the seed spread)")
     analyze.set_defaults(func=_cmd_analyze)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -29,9 +31,10 @@ from typing import Any
 
 from study.config import StudyConfig, dump_study, study_from_dict, to_dict
 from study.errors import ConfigError
-from study.forking import FAILED_MARKER, start_branch, trunk_state
+from study.forking import FAILED_MARKER, fork_file, start_branch, trunk_state
 from study.plan import plan_study, size_from_label
 from study.searcher import METRIC, MODE, StudySearcher
+from study.storage import TRIAL_FILES, Store, pull_files, pusher
 from study.trial import Trial, split_paths, train_trial, trial_device
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # see study/trainer.py
@@ -53,11 +56,17 @@ def _study_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
     import ray.tune
 
     cfg = study_from_dict(setup["study"])
-    run_dir = Path(setup["run_dir"])
+    store = Store(setup["storage"])
     trial = trial_of(point)
-    out = run_dir / "trials" / trial.name()
+    rel = f"{setup['name']}/trials/{trial.name()}"
+    work = Path(tempfile.mkdtemp(prefix="trial-", dir=node_dir("work"))) if store.remote else None
+    local = (work / "run" if work else store.local(setup["name"])) / "trials"  # this trial's view
+    out = local / trial.name()
     out.mkdir(parents=True, exist_ok=True)
     (out / FAILED_MARKER).unlink(missing_ok=True)  # a retry starts clean
+    if store.remote:
+        pull_files(store, rel, out, TRIAL_FILES)  # resume on whichever node this lands
+    sync = pusher(store, local, f"{setup['name']}/trials")
 
     def to_tune(row: dict[str, Any]) -> None:
         ray.tune.report({**row, "trial": trial.name()})
@@ -65,54 +74,97 @@ def _study_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
     try:
         if point["fork_iter"] is not None:
             trunk = dataclasses.replace(trial, schedule=float(point["trunk_schedule"]))
-            trunk_dir = run_dir / "trials" / trunk.name()
-            _wait_for_trunk(trunk_dir, point["fork_iter"], trial)
+            trunk_dir = local / trunk.name()
+            _wait_for_trunk(store, f"{setup['name']}/trials/{trunk.name()}", trunk_dir, point["fork_iter"], trial)
             shared = start_branch(trunk_dir, out, point["fork_iter"], trial)
+            for name in TRIAL_FILES:
+                if (out / name).is_file():
+                    sync(out / name)
             for row in shared:
                 to_tune(row)
             if shared and shared[-1]["status"] == "diverged":
                 return
         weights = setup["pretrained_weights"]
+        if store.remote and setup["weights_in_store"]:
+            weights = str(out / "pretrained.pt")
+            store.get(setup["pretrained_weights"], weights)
+        data_root = setup["data_root"] or str(node_dir("data"))
         if cfg.resources.workers == 1:
             import torch
 
             torch.set_num_threads(cfg.resources.cpus_per_worker)
-            train_trial(cfg, trial, out_dir=out, data_root=setup["data_root"], pretrained_weights=weights,
-                        fork_at=point["fork_at"], device=trial_device(cfg),
+            train_trial(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
+                        fork_at=point["fork_at"], device=trial_device(cfg), sync=sync,
                         report=lambda row, _ckpt: to_tune(row))
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             from study.trainer import run_trial_on_ray
 
-            run_trial_on_ray(cfg, trial, out_dir=out, data_root=setup["data_root"],
-                             pretrained_weights=weights, storage=run_dir / "train_runs",
-                             fork_at=point["fork_at"], callbacks=[TuneReportCallback()])
+            run_trial_on_ray(cfg, trial, out_dir=out, data_root=data_root,
+                             pretrained_weights=weights, storage=store.uri(setup["name"], "train_runs"),
+                             fork_at=point["fork_at"], callbacks=[TuneReportCallback()],
+                             store=(setup["storage"], rel, setup["pretrained_weights"]
+                                    if setup["weights_in_store"] else None) if store.remote else None)
     except BaseException:
         (out / FAILED_MARKER).write_text(traceback.format_exc())  # tells waiting branches
+        sync(out / FAILED_MARKER)
         raise
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait_for_trunk(trunk_dir: Path, fork_iter: int, branch: Trial, poll_s: float = 1.0) -> None:
-    state = trunk_state(trunk_dir, fork_iter)
-    if state == "pending":
+def _wait_for_trunk(store: Store, trunk_rel: str, trunk_dir: Path, fork_iter: int, branch: Trial,
+                    poll_s: float = 1.0) -> None:
+    def state() -> str:
+        if store.remote:  # the trunk may train on another node: look at the shared copy
+            pull_files(store, trunk_rel, trunk_dir, [fork_file(trunk_dir, fork_iter).name, "metrics.jsonl",
+                                                     FAILED_MARKER])
+        return trunk_state(trunk_dir, fork_iter)
+
+    now = state()
+    if now == "pending":
         print(f"{branch.name()}: waiting for {trunk_dir.name} to reach iteration {fork_iter}", flush=True)
-    while state == "pending":
+    while now == "pending":
         time.sleep(poll_s)
-        state = trunk_state(trunk_dir, fork_iter)
-    if state == "failed":
+        now = state()
+    if now == "failed":
         raise RuntimeError(f"{branch.name()} cannot fork: its trunk {trunk_dir.name} failed "
-                           f"(see {trunk_dir / FAILED_MARKER})")
+                           f"(see {store.uri(trunk_rel, FAILED_MARKER)})")
 
 
-def prepare(cfg: StudyConfig, storage: Path) -> str | None:
+def node_dir(kind: str) -> Path:
+    """This node's own folder for `kind` ('data': the synthetic set, made once per node; 'work':
+    trials' scratch folders) when the study's storage is a URI: $STUDY_LOCAL_DIR, else a folder in
+    the system's temp directory."""
+    root = Path(os.environ.get("STUDY_LOCAL_DIR") or Path(tempfile.gettempdir()) / f"study-{os.getuid()}")
+    path = root / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare(cfg: StudyConfig, store: Store) -> tuple[str | None, bool]:
     """Make what every trial shares, in the driver, before any trial starts: the synthetic set
     (if the study uses it) and the pre-trained backbone (if a trial needs one). Returns the
-    weights to load for init 'pretrained'."""
-    from study.pretrain import study_weights
+    weights for init 'pretrained' and whether that is a path in the store (a URI store: the
+    backbone is pushed there, and each trial pulls it)."""
+    from study.pretrain import cached_checkpoint_path, study_weights
 
-    split_paths(cfg, storage / "data")
-    return study_weights(cfg, storage) if "pretrained" in cfg.grid.init else cfg.model.pretrained_weights
+    if not store.remote:
+        split_paths(cfg, store.local("data"))
+        weights = study_weights(cfg, store.local("")) if "pretrained" in cfg.grid.init else None
+        return weights or cfg.model.pretrained_weights, False
+    split_paths(cfg, node_dir("data"))  # fail early on bad data, here rather than in every trial
+    if "pretrained" not in cfg.grid.init or cfg.model.pretrained_weights is not None:
+        return cfg.model.pretrained_weights, False  # a user's file: it must exist on every node
+    cache = node_dir("pretrained")
+    name = cached_checkpoint_path(cfg.pretrain, cfg.model.backbone, cache).name
+    store.get(f"pretrained/{name}", cache / name)  # made by an earlier study, if any
+    local = Path(study_weights(cfg, node_dir("")))
+    if not store.exists(f"pretrained/{name}"):
+        store.put(local, f"pretrained/{name}")
+    return f"pretrained/{name}", True
 
 
 def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,
@@ -122,19 +174,18 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     import ray
     from ray import tune
 
-    storage = Path(storage).resolve()
-    run_dir = storage / (name or cfg.name)
-    saved = run_dir / "study.yaml"
-    if saved.is_file() and saved.read_text() != dump_study(cfg):
+    store = Store(storage)
+    name = name or cfg.name
+    run_dir = store.uri(name)
+    saved = store.read_text(f"{name}/study.yaml")
+    if saved is not None and saved != dump_study(cfg):
         raise ConfigError("", f"{run_dir} holds a study with another configuration (compare "
-                              f"{saved}); choose another --name or --storage, or delete it")
-    trials = run_dir / "trials"
-    if not resume and trials.is_dir() and any(trials.iterdir()):
+                              f"{store.uri(name, 'study.yaml')}); choose another --name or --storage, or delete it")
+    if not resume and store.listdir(f"{name}/trials"):
         raise ConfigError("--name", f"{run_dir} already holds trials of this study: add --resume to "
                                     "continue it (finished trials are kept), or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(dump_study(cfg))
-    weights = prepare(cfg, storage)
+    store.write_text(f"{name}/study.yaml", dump_study(cfg))
+    weights, weights_in_store = prepare(cfg, store)
 
     res = cfg.resources
     inline = res.workers == 1
@@ -156,19 +207,20 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
               "each trial's Train driver takes 1 CPU")
         trial_resources = {"CPU": 1}
     trainable = tune.with_resources(
-        tune.with_parameters(_study_trial, setup={"study": to_dict(cfg), "run_dir": str(run_dir),
-                                                  "data_root": str(storage / "data"),
-                                                  "pretrained_weights": weights}),
+        tune.with_parameters(_study_trial, setup={
+            "study": to_dict(cfg), "storage": store.uri(), "name": name,
+            "data_root": None if store.remote else str(store.local("data")),  # None: each node's own
+            "pretrained_weights": weights, "weights_in_store": weights_in_store}),
         trial_resources)
     plan = plan_study(cfg)
     iterations = plan.iterations_forked if forking else plan.iterations_separate
     print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations"
           f"{' with forking' if forking else ''} -> {run_dir}")
-    print(f"watch: tensorboard --logdir {run_dir / 'tune'}"
+    print(f"watch: tensorboard --logdir {store.uri(name, 'tune')}"
           + (f"   |   Ray dashboard: http://{dashboard}" if dashboard else ""), flush=True)
-    tune_dir = run_dir / "tune"
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
+    tune_dir = store.uri(name, "tune")
+    if resume and tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -177,7 +229,7 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
                 metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
                 reuse_actors=True),  # one process per concurrent slot: no torch import per trial
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(run_dir), verbose=verbose,
+                name="tune", storage_path=run_dir, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 progress_reporter=tune.CLIReporter(
                     metric_columns=["iteration", "loss", METRIC, "segm_AP"],

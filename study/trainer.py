@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig, study_from_dict, to_dict
+from study.storage import TRIAL_FILES, Store, is_uri, pull_files, pusher
 from study.trial import Trial, split_paths, train_trial
 
 # Ray Train polls its workers this often; its 2 s default adds seconds to every short trial.
@@ -35,6 +36,16 @@ def _worker(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 resume_from = shutil.copy(Path(d) / "checkpoint.pt", Path(scratch) / "resume.pt")
 
+        out_dir, weights, sync = config["out_dir"], config["pretrained_weights"], None
+        if config["store"] is not None:  # shared storage is a URI: this node works in `scratch`
+            store_root, rel, weights_rel = config["store"]
+            store, out_dir = Store(store_root), Path(scratch) / "trial"
+            pull_files(store, rel, out_dir, TRIAL_FILES)
+            if weights_rel is not None:
+                weights = str(Path(scratch) / "pretrained.pt")
+                store.get(weights_rel, weights)
+            sync = pusher(store, out_dir, rel)
+
         def report(row: dict[str, Any], saved: Path | None) -> None:
             with tempfile.TemporaryDirectory() as d:
                 attached = None
@@ -43,18 +54,24 @@ def _worker(config: dict[str, Any]) -> None:
                     attached = ray.train.Checkpoint.from_directory(d)
                 ray.train.report(row, checkpoint=attached)  # a barrier: every rank calls it
 
-        train_trial(cfg, Trial(**config["trial"]), out_dir=config["out_dir"], data_root=config["data_root"],
-                    pretrained_weights=config["pretrained_weights"], rank=ctx.get_world_rank(),
+        train_trial(cfg, Trial(**config["trial"]), out_dir=out_dir, data_root=config["data_root"],
+                    pretrained_weights=weights, rank=ctx.get_world_rank(),
                     world_size=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
                     report=report, resume_from=resume_from, fork_at=config["fork_at"],
-                    device=ray.train.torch.get_device())
+                    device=ray.train.torch.get_device(), **({"sync": sync} if sync else {}))
 
 
 def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
                      pretrained_weights: str | None = None, storage: str | Path | None = None,
                      keep_checkpoints: int = 2, fork_at: list[int] | tuple[int, ...] = (),
-                     callbacks: list[Any] | None = None) -> Any:
+                     callbacks: list[Any] | None = None,
+                     store: tuple[str, str, str | None] | None = None) -> Any:
     """Run one trial on `cfg.resources.workers` Ray Train workers; returns Ray's Result.
+
+    `storage` (a path or URI) holds Ray Train's checkpoints. `store` is set when the study's
+    storage is a URI (study/storage.py): (storage URI, the trial's folder in it, the pre-trained
+    weights in it or None); every worker then pulls the trial's files into its own scratch folder
+    and rank 0 pushes what it writes, instead of using `out_dir`.
 
     `callbacks` go to Ray Train's RunConfig (the study passes Tune's TuneReportCallback); the
     run is named after the trial, so a restarted trial finds its own Train snapshot.
@@ -72,13 +89,15 @@ def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, dat
         _worker,
         train_loop_config={"study": to_dict(cfg), "trial": dataclasses.asdict(trial),
                            "out_dir": str(out_dir), "data_root": str(data_root),
-                           "pretrained_weights": pretrained_weights, "fork_at": list(fork_at)},
+                           "pretrained_weights": pretrained_weights, "fork_at": list(fork_at),
+                           "store": store},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker,
                                   **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
-            name=trial.name(), storage_path=str(Path(storage or out_dir.parent / "ray").resolve()),
+            name=trial.name(),
+            storage_path=str(storage) if is_uri(storage or "") else str(Path(storage or out_dir.parent / "ray").resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             # a dead worker restarts the whole group, which resumes from the last checkpoint
             failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),

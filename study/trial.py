@@ -96,13 +96,19 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                 report: Callable[[dict[str, Any], Path | None], None] = lambda _m, _c: None,
                 resume_from: str | Path | None = None, stop_at: int | None = None,
-                fork_at: Collection[int] = (), device: torch.device | str = "cpu") -> dict[str, Any]:
+                fork_at: Collection[int] = (), device: torch.device | str = "cpu",
+                sync: Callable[[Path], None] = lambda _path: None) -> dict[str, Any]:
     """Train (or resume) one trial; returns its last metrics row. See the module docstring.
 
     It resumes from `resume_from`, else from `out_dir/checkpoint.pt` if there is one. `stop_at`
     ends the run early at that iteration (for tests of resumption). At each iteration in
     `fork_at` it also writes `out_dir/fork_<iteration>.pt`, from which `start_branch` starts a
-    shorter schedule (see study/forking.py).
+    shorter schedule (see study/forking.py). Rank 0 calls `sync(path)` after each file it writes
+    (study/storage.py pushes it to shared storage).
+
+    Each evaluation appends its row to the metric log first and writes the checkpoint second; a
+    resume drops the log's rows past the checkpoint's iteration (a crash between the two), so the
+    log never misses nor repeats an iteration.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +149,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter, counts = state["iteration"], state["counts"]
+        if rank == 0 and _truncate_metrics(out_dir, start_iter):
+            sync(out_dir / "metrics.jsonl")
         # The loss sums since the last evaluation, summed over ranks: rank 0 carries them.
         window = {k: (v if rank == 0 else 0.0) for k, v in state.get("window", {}).items()}
         n_window = int(state.get("n_window", 0))
@@ -181,6 +189,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                     "iteration": it, "counts": counts, "rng": rng, "cuda_rng": cuda_rng,
                     "window": window_sums, "n_window": n_window}, tmp)
         os.replace(tmp, path)
+        sync(path)
         return path
 
     row: dict[str, Any] = {}
@@ -208,7 +217,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         if summed["diverged"] > 0:
             row = {"iteration": it, "status": "diverged", "lr": lr, **trial_row(trial),
                    **{k: float("nan") for k in losses}, "images_seen": counts["images"]}
-            _log(out_dir, row, rank)
+            _log(out_dir, row, rank, sync)
             report(row, None)
             return row
         if it % solver.eval_period == 0 or it == sched.max_iter or it == end:
@@ -227,8 +236,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                    "pretrain_instances_seen": pre_meta.get("instances_seen", 0),
                    "pretrain_pixels_seen": pre_meta.get("pixels_seen", 0)}
             window, n_window = {}, 0
+            _log(out_dir, row, rank, sync)
             saved = save(ckpt_path, it)
-            _log(out_dir, row, rank)
             report(row, saved)
             tick, n_timed = time.perf_counter(), 0
         if it in fork_at:
@@ -241,7 +250,7 @@ def trial_row(trial: Trial) -> dict[str, Any]:
             "train_images": trial.train_images, "data_fraction": trial.data_fraction}
 
 
-def _log(out_dir: Path, row: dict[str, Any], rank: int) -> None:
+def _log(out_dir: Path, row: dict[str, Any], rank: int, sync: Callable[[Path], None]) -> None:
     """Append one row to the trial's durable metric log (rank 0 only), flushed to disk."""
     if rank != 0:
         return
@@ -249,6 +258,19 @@ def _log(out_dir: Path, row: dict[str, Any], rank: int) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    sync(out_dir / "metrics.jsonl")
+
+
+def _truncate_metrics(out_dir: Path, iteration: int) -> bool:
+    """Drop the metric rows past `iteration` (the checkpoint a run resumes from); True if any."""
+    rows = read_metrics(out_dir)
+    kept = [r for r in rows if r["iteration"] <= iteration]
+    if len(kept) == len(rows):
+        return False
+    tmp = out_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, out_dir / "metrics.jsonl")
+    return True
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -26,3 +26,24 @@ def fruits() -> Path:
         pytest.fail(f"the real dataset is missing: expected {FRUITS}/annotations.json "
                     "(../shared/data/fruits_nuts beside the project)")
     return FRUITS
+
+
+@pytest.fixture
+def s3_uri(monkeypatch: pytest.MonkeyPatch):  # -> Iterator[str]
+    """An S3 URI served by moto's S3 server on localhost (the real S3 protocol through pyarrow, no
+    AWS account, no network): `s3://study/runs?endpoint_override=...`. The fake credentials are
+    in the environment, so Ray workers started after this fixture inherit them."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield (f"s3://study/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+           "&allow_bucket_creation=true")
+    server.stop()

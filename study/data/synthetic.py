@@ -12,6 +12,7 @@ Every image is a pure function of (seed, split, index): a larger set extends a s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 from collections.abc import Callable
@@ -265,12 +266,16 @@ def build_once(out: Path, spec: Any, build: Callable[[], None], *, force: bool =
     if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
         return False
     out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    for pattern in stale:
-        for path in out.glob(pattern):
-            path.unlink()
-    build()
-    marker.write_text(json.dumps(asdict(spec)))
+    with open(out / ".lock", "w") as lock:  # trials starting together on one node build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+            return False  # another process built it while this one waited
+        marker.unlink(missing_ok=True)
+        for pattern in stale:
+            for path in out.glob(pattern):
+                path.unlink()
+        build()
+        marker.write_text(json.dumps(asdict(spec)))
     return True
 
 

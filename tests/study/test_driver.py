@@ -18,27 +18,46 @@ TIMING = {"images_per_s"}
 
 
 @pytest.mark.slow
-def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch, s3_uri: str) -> None:
+    """The forked run keeps its results on S3 (moto's server, through pyarrow as on AWS): every
+    trial works in a fresh local folder and exchanges checkpoints, fork points and metric rows only
+    through S3, as trials on different cluster nodes do; Tune keeps its state there too. The
+    separate runs use a plain folder. `study analyze` reads the S3 run back."""
     import ray
 
     from study.driver import run_study
+    from study.storage import Store, fetch_run
 
     cfg = load_study(SMOKE)
     plan = plan_study(cfg)
+    node = tmp_path / "node"
+    monkeypatch.setenv("STUDY_LOCAL_DIR", str(node))  # the "node's" disk: data and scratch folders
+    run_uri = s3_uri.replace("/runs?", "/runs/forked?")
     try:
-        assert main(["run", str(SMOKE), "--storage", str(tmp_path), "--name", "forked"]) == 0
+        assert main(["run", str(SMOKE), "--storage", s3_uri, "--name", "forked"]) == 0
         printed = capsys.readouterr().out
         grid = run_study(cfg, storage=tmp_path, name="separate", forking=False, verbose=0)
+        assert main(["analyze", run_uri, "--out", str(tmp_path / "pulled")]) == 0
     finally:
         ray.shutdown()
+    store = Store(s3_uri)
     assert "final bbox_AP at each cell's best LR" in printed and "study forked done" in printed
-    assert (tmp_path / "forked" / "report" / "report.md").read_text().startswith(
-        "# Study smoke: scratch vs pretrained (complete)")
+    assert f"report: {store.uri('forked', 'report', 'report.md')}" in printed
+    assert store.read_text("forked/report/report.md").startswith("# Study smoke: scratch vs pretrained (complete)")
+    assert (tmp_path / "pulled" / "report.md").read_text().startswith("# Study smoke: scratch vs pretrained")
     assert len(grid) == plan.trials and not grid.errors
+    assert list((node / "work").iterdir()) == []  # trials cleaned up their local folders
+    assert store.listdir("pretrained") == sorted(p.name for p in (tmp_path / "pretrained").glob("*.pt"))
+    assert store.listdir("forked/tune")  # Tune's own state (restore, TensorBoard) on S3
+    trunk = next(t for t in store.listdir("forked/trials") if "_2x_" in t)
+    assert store.listdir(f"forked/trials/{trunk}") == ["checkpoint.pt", "fork_3.pt", "metrics.jsonl"]
 
-    forked, separate = load_results(tmp_path / "forked"), load_results(tmp_path / "separate")
-    assert (tmp_path / "forked" / "report" / "results.parquet").is_file()
-    assert (tmp_path / "forked" / "study.yaml").is_file() and (tmp_path / "forked" / "run.json").is_file()
+    assert store.exists("forked/report/results.parquet") and store.exists("forked/run.json")
+
+    copy = fetch_run(store, "forked", tmp_path / "copy")  # metric logs, fork records; no checkpoints
+    assert (copy / "study.yaml").is_file() and (copy / "run.json").is_file()
+    forked, separate = load_results(copy), load_results(tmp_path / "separate")
     assert sorted(forked["trial"].unique()) == sorted(separate["trial"].unique())
     assert len(forked["trial"].unique()) == plan.trials
     assert (final_rows(forked)["status"] == "finished").all()
@@ -62,14 +81,16 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
             total += max(r["iteration"] for r in map(json.loads, (trial / "metrics.jsonl").open())) - start
         return total
 
-    assert trained(tmp_path / "forked") == plan.iterations_forked < plan.iterations_separate
+    assert trained(copy) == plan.iterations_forked < plan.iterations_separate
     assert trained(tmp_path / "separate") == plan.iterations_separate
 
 
 @pytest.mark.slow
-def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path) -> None:
+def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """resources.workers: 2: each Tune trial drives a Ray Train job (TRAIN_DRIVER token,
-    TuneReportCallback); branches start their worker group from the trunk's fork checkpoint."""
+    TuneReportCallback); branches start their worker group from the trunk's fork checkpoint.
+    Storage is a URI: each Train worker pulls the trial's files into its own scratch folder and
+    rank 0 pushes its rows and checkpoints; Ray Train keeps its checkpoints at the URI too."""
     import dataclasses
 
     import ray
@@ -78,8 +99,9 @@ def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path) -> Non
 
     cfg = load_study(SMOKE)
     cfg = dataclasses.replace(cfg, name="smoke2w", resources=dataclasses.replace(cfg.resources, workers=2))
+    monkeypatch.setenv("STUDY_LOCAL_DIR", str(tmp_path / "node"))
     try:
-        grid = run_study(cfg, storage=tmp_path, verbose=0)
+        grid = run_study(cfg, storage=f"file://{tmp_path}", verbose=0)
     finally:
         ray.shutdown()
     assert len(grid) == 4 and not grid.errors

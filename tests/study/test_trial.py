@@ -54,6 +54,26 @@ def test_a_resumed_trial_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [4, 8]
 
 
+def test_a_crash_between_the_log_row_and_the_checkpoint_repeats_no_row(tmp_path: Path) -> None:
+    """An evaluation appends its row, then writes the checkpoint. Killed in between, the log is one
+    row ahead of the checkpoint: the resume drops that row and logs it again, once."""
+    import shutil
+
+    full = train_trial(SMOKE, TRIAL, out_dir=tmp_path / "full", data_root=tmp_path)
+    out = tmp_path / "crashed"
+    train_trial(SMOKE, TRIAL, out_dir=out, data_root=tmp_path, stop_at=4)
+    shutil.copy(out / "checkpoint.pt", tmp_path / "at4.pt")
+    train_trial(SMOKE, TRIAL, out_dir=out, data_root=tmp_path)  # logs row 8, then checkpoints 8
+    shutil.copy(tmp_path / "at4.pt", out / "checkpoint.pt")  # as if killed before checkpoint 8
+    synced: list[str] = []
+    resumed = train_trial(SMOKE, TRIAL, out_dir=out, data_root=tmp_path, sync=lambda p: synced.append(p.name))
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [4, 8]
+    assert rows[-1]["loss"] == pytest.approx(full["loss"], abs=1e-4) and resumed["iteration"] == 8
+    # every file it rewrote or wrote was handed to `sync` (pushed to shared storage)
+    assert synced == ["metrics.jsonl", "metrics.jsonl", "checkpoint.pt"]
+
+
 def test_divergence_is_reported_not_raised(tmp_path: Path) -> None:
     wild = Trial(init="scratch", schedule=1, base_lr=1e6, seed=0, train_images=16)
     row = train_trial(SMOKE, wild, out_dir=tmp_path / "d", data_root=tmp_path)

@@ -1,0 +1,166 @@
+"""Where a study keeps its files: a local folder, or a URI that every node of a cluster reaches.
+
+`--storage runs` (a path): every file is read and written in place, as on one machine (or on a
+file system that every node mounts at the same path).
+
+`--storage s3://bucket/runs` (any URI pyarrow opens: s3://, gs://, abfs://, hdfs://, file://; an
+S3-compatible server with `?endpoint_override=host:port&scheme=http`): the URI is the one source
+of truth and no node's disk is trusted to last. Each trial works in a fresh local folder: it
+first pulls its own checkpoint and metric log (so it resumes on whichever node it lands), a
+branch pulls its trunk's fork checkpoint, and rank 0 pushes every file right after writing it
+(metric rows, checkpoints, fork checkpoints, the failure marker). The synthetic set is made on
+each node (it is deterministic); the pre-trained backbone is made once by the driver, pushed,
+and pulled by the trials. Tune's and Ray Train's own state go to the URI directly: Ray reads the
+same URIs through the same library.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+TRIAL_FILES = ("metrics.jsonl", "checkpoint.pt", "fork.json")  # what a trial needs to resume
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+class Store:
+    """A folder (a path or a URI) addressed by '/'-separated relative paths."""
+
+    def __init__(self, root: str | Path):
+        root = str(root)
+        self.remote = is_uri(root)
+        if self.remote:
+            import pyarrow.fs
+
+            parts = urlsplit(root)
+            self._prefix = root.split("?", 1)[0].rstrip("/")
+            self._query = f"?{parts.query}" if parts.query else ""
+            self.fs, self._base = pyarrow.fs.FileSystem.from_uri(root)
+            self._base = self._base.rstrip("/")
+        else:
+            self._prefix, self._query = str(Path(root).resolve()), ""
+            self.fs, self._base = None, self._prefix
+
+    def uri(self, *rel: str) -> str:
+        """The location of `rel` as Ray and pyarrow take it (a path, or a URI with the query kept)."""
+        return "/".join([self._prefix, *[r.strip("/") for r in rel if r]]) + self._query
+
+    def _path(self, rel: str) -> str:
+        return "/".join([self._base, rel.strip("/")]) if rel else self._base
+
+    def local(self, rel: str) -> Path:
+        """The local path of `rel` (only for a local store)."""
+        assert not self.remote
+        return Path(self._path(rel))
+
+    def exists(self, rel: str) -> bool:
+        if not self.remote:
+            return self.local(rel).exists()
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self._path(rel)).type != pyarrow.fs.FileType.NotFound
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names in the folder `rel` (empty if it does not exist)."""
+        if not self.remote:
+            folder = self.local(rel)
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        import pyarrow.fs
+
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel)))
+        return sorted(Path(i.path).name for i in infos)
+
+    def read_text(self, rel: str) -> str | None:
+        if not self.remote:
+            path = self.local(rel)
+            return path.read_text() if path.is_file() else None
+        if not self.exists(rel):
+            return None
+        with self.fs.open_input_stream(self._path(rel)) as f:
+            return f.read().decode()
+
+    def write_text(self, rel: str, text: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "file"
+            src.write_text(text)
+            self.put(src, rel)
+
+    def get(self, rel: str, dest: str | Path) -> bool:
+        """Copy `rel` to the local file `dest` (atomically); False if there is no such file."""
+        dest = Path(dest)
+        if not self.exists(rel):
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        if self.remote:
+            with self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            if self.local(rel).resolve() == dest.resolve():
+                return True
+            shutil.copyfile(self.local(rel), tmp)
+        os.replace(tmp, dest)
+        return True
+
+    def put(self, src: str | Path, rel: str) -> None:
+        """Copy the local file `src` to `rel`; readers never see a half-written file."""
+        if not self.remote:
+            dest = self.local(rel)
+            if Path(src).resolve() == dest.resolve():
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            return
+        path = self._path(rel)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if urlsplit(self._prefix).scheme == "file":  # a local "remote": write aside, then rename
+            tmp = path + ".part"
+            with open(src, "rb") as f, self.fs.open_output_stream(tmp) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+            self.fs.move(tmp, path)
+        else:  # object stores make an object visible only once it is complete
+            with open(src, "rb") as f, self.fs.open_output_stream(path) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+    def put_tree(self, src: str | Path, rel: str) -> None:
+        """Copy a local folder's files (recursively) to `rel`."""
+        for path in sorted(Path(src).rglob("*")):
+            if path.is_file():
+                self.put(path, f"{rel}/{path.relative_to(src).as_posix()}")
+
+
+def pull_files(store: Store, rel_dir: str, local_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Copy the files `names` of the store folder `rel_dir` that exist into `local_dir`."""
+    for name in names:
+        store.get(f"{rel_dir}/{name}", local_dir / name)
+
+
+def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path], None]
+    """A function that copies a file under `local_root` to the same place under `rel_root`."""
+    def push(path: Path) -> None:
+        store.put(path, f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}")
+    return push
+
+
+def fetch_run(store: Store, name: str, dest: Path) -> Path:
+    """Copy a study run's durable results (config, run info, every trial's metric log, fork record
+    and failure marker; no checkpoints) from the store into `dest`; returns `dest`."""
+    from study.forking import FAILED_MARKER
+
+    dest.mkdir(parents=True, exist_ok=True)
+    pull_files(store, name, dest, ["study.yaml", "run.json"])
+    for trial in store.listdir(f"{name}/trials"):
+        (dest / "trials" / trial).mkdir(parents=True, exist_ok=True)
+        pull_files(store, f"{name}/trials/{trial}", dest / "trials" / trial,
+                   ["metrics.jsonl", "fork.json", FAILED_MARKER])
+    return dest
