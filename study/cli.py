@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -232,9 +233,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _storage_option(parser: argparse.ArgumentParser, uri: bool = False) -> None:
     if uri:
-        parser.add_argument("--storage", default="runs",
-                            help="results, data and the pre-training cache go here (default runs/): a "
-                                 "folder, or a URI every node reaches (s3://bucket/runs, gs://..., file://...)")
+        parser.add_argument("--storage", default=os.environ.get("STUDY_STORAGE") or "runs",
+                            help="results, data and the pre-training cache go here: a folder, or a URI "
+                                 "every node reaches (s3://bucket/runs, gs://..., file://...); default "
+                                 "$STUDY_STORAGE if set (cluster.yaml sets it), else runs/")
     else:
         parser.add_argument("--storage", type=Path, default=Path("runs"),
                             help="results, data and the pre-training cache go here (default runs/)")

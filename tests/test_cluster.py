@@ -1,8 +1,10 @@
-"""cluster.yaml passes the first half of `ray up` (prepare_config + validate_config), offline."""
+"""cluster.yaml passes the first half of `ray up` (prepare_config + validate_config), offline, and
+agrees with what `study run --address auto` on the head expects."""
 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -17,13 +19,52 @@ def _load() -> dict:
 
 
 def test_cluster_yaml_validates_with_rays_launcher_code() -> None:
+    from study.driver import TRAIN_DRIVER
+
     cfg = prepare_config(_load())
     validate_config(cfg)
     types = cfg["available_node_types"]
-    assert types[cfg["head_node_type"]]["resources"]["GPU"] == 0  # drivers only on the head
-    assert types[cfg["head_node_type"]]["resources"]["TRAIN_DRIVER"] > 0  # study/driver.py uses it
-    assert any(t["resources"].get("GPU", 0) > 0 for t in types.values())
+    head = types[cfg["head_node_type"]]
+    assert head["resources"]["GPU"] == 0 and head["resources"][TRAIN_DRIVER] > 0  # drivers only there
+    assert "InstanceMarketOptions" not in head["node_config"]  # the head is never a spot instance
+    workers = {name: t for name, t in types.items() if name != cfg["head_node_type"]}
+    assert sorted(t["resources"]["GPU"] for t in workers.values()) == [1, 8]  # a 1-GPU and an 8-GPU type
+    for t in workers.values():
+        assert TRAIN_DRIVER not in t["resources"] and t["min_workers"] == 0
+        assert t["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
     assert ".venv" in cfg["rsync_exclude"]  # never ship a multi-GB local environment
+
+
+def test_the_cluster_installs_pinned_versions_of_what_the_tests_ran() -> None:
+    import ray
+    import torch
+    import torchvision
+
+    setup = " ".join(_load()["setup_commands"])
+    base = lambda v: v.split("+")[0]  # noqa: E731
+    assert f'"ray[default,train,tune]=={ray.__version__}"' in setup  # client and cluster must match
+    assert f'"torch=={base(torch.__version__)}"' in setup
+    assert f'"torchvision=={base(torchvision.__version__)}"' in setup
+    mounted = [remote for remote, local in _load()["file_mounts"].items() if local == "."]
+    assert mounted and f"pip install -q {mounted[0]}" in setup  # the checkout that `ray up` copies
+
+
+def test_storage_and_dashboard_are_what_study_run_expects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from study.cli import build_parser
+    from study.storage import is_uri
+
+    cfg = _load()
+    exports = dict(re.findall(r"export (\w+)=(\S+)'", " ".join(cfg["setup_commands"])))
+    storage = exports["STUDY_STORAGE"]
+    assert is_uri(storage) and storage.startswith("s3://")  # shared by every node, not a node's disk
+    monkeypatch.setenv("STUDY_STORAGE", storage)
+    assert build_parser().parse_args(["run"]).storage == storage  # `study run` picks it up
+    assert exports["RAY_AUTH_MODE"] == "token"
+    for command in cfg["head_start_ray_commands"][1:] + cfg["worker_start_ray_commands"][1:]:
+        assert "RAY_AUTH_MODE=token ray start" in command
+    assert "--dashboard-host=127.0.0.1" in cfg["head_start_ray_commands"][-1]  # only through the SSH tunnel
+    assert "security_group" not in cfg["provider"]  # Ray's own: SSH and the cluster's own traffic
+    assert "~/.ray/auth_token" in cfg["file_mounts"].values()
 
 
 def test_a_typo_is_caught() -> None:

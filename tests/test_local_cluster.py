@@ -38,7 +38,13 @@ def test_study_run_joins_a_running_cluster(tmp_path: Path) -> None:
     assert "Started a local Ray instance" not in run.stdout + run.stderr  # it joined, it did not start one
     events = list((tmp_path / "runs" / "smoke" / "tune").rglob("events.out.tfevents.*"))
     assert len(events) == 4  # one per trial
-    for path in events:
-        data = path.read_bytes()
-        for tag in (b"ray/tune/bbox_AP", b"ray/tune/segm_AP", b"ray/tune/loss", b"ray/tune/images_seen"):
-            assert tag in data, (path.name, tag)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for path in events:  # read as `tensorboard --logdir` reads them
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in ("ray/tune/bbox_AP", "ray/tune/segm_AP", "ray/tune/loss", "ray/tune/images_seen"):
+            assert tag in acc.Tags()["scalars"], (path.name, tag)
+        points.append(len(acc.Scalars("ray/tune/bbox_AP")))
+    assert sorted(points) == [2, 2, 4, 4]  # one AP point per evaluation: 1x at 3, 6; 2x at 3, 6, 9, 12
