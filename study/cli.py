@@ -173,8 +173,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec="seconds")
     cfg = load_study(args.space)
     name = args.name or cfg.name
-    run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
-              forking=not args.no_fork)
+    try:
+        run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
+                  forking=not args.no_fork)
+    except ConfigError as e:  # a value of the study file (data paths, sizes): name the file
+        raise (e.in_file(args.space) if e.file is None and e.key[:1].isalpha() else e) from None
     store = Store(args.storage)
     store.write_text(f"{name}/{RUN_INFO}", json.dumps({
         "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -34,7 +34,8 @@ from study.errors import ConfigError
 from study.forking import FAILED_MARKER, fork_file, start_branch, trunk_state
 from study.plan import plan_study, size_from_label
 from study.searcher import METRIC, MODE, StudySearcher
-from study.storage import TRIAL_FILES, Store, pull_files, pusher
+from study.preflight import check_study_data
+from study.storage import TRIAL_FILES, RunLock, Store, pull_files, pusher
 from study.trial import Trial, split_paths, train_trial, trial_device
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # see study/trainer.py
@@ -170,12 +171,22 @@ def prepare(cfg: StudyConfig, store: Store) -> tuple[str | None, bool]:
 def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,
               address: str | None = None, resume: bool = False, forking: bool = True,
               verbose: int = 1) -> Any:
-    """Run every trial of `cfg` on Ray Tune; returns Tune's ResultGrid. Results: see module doc."""
+    """Run every trial of `cfg` on Ray Tune; returns Tune's ResultGrid. Results: see module doc.
+
+    Before Ray starts: the run folder's lock, its consistency with `cfg`, and the data
+    (study/preflight.py); errors are ConfigError / DataError naming what to fix."""
+    store = Store(storage)
+    name = name or cfg.name
+    with RunLock(store, name):  # a second `study run` on the same folder is refused
+        return _run_locked(cfg, store, name, address=address, resume=resume, forking=forking,
+                           verbose=verbose)
+
+
+def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | None, resume: bool,
+                forking: bool, verbose: int) -> Any:
     import ray
     from ray import tune
 
-    store = Store(storage)
-    name = name or cfg.name
     run_dir = store.uri(name)
     saved = store.read_text(f"{name}/study.yaml")
     if saved is not None and saved != dump_study(cfg):
@@ -184,6 +195,7 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     if not resume and store.listdir(f"{name}/trials"):
         raise ConfigError("--name", f"{run_dir} already holds trials of this study: add --resume to "
                                     "continue it (finished trials are kept), or choose another --name")
+    check_study_data(cfg, node_dir("data") if store.remote else store.local("data"))  # before Ray
     store.write_text(f"{name}/study.yaml", dump_study(cfg))
     weights, weights_in_store = prepare(cfg, store)
 

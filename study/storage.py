@@ -132,6 +132,13 @@ class Store:
             with open(src, "rb") as f, self.fs.open_output_stream(path) as out:
                 shutil.copyfileobj(f, out, 1 << 20)
 
+    def delete(self, rel: str) -> None:
+        """Remove the file `rel` if it exists."""
+        if not self.remote:
+            self.local(rel).unlink(missing_ok=True)
+        elif self.exists(rel):
+            self.fs.delete_file(self._path(rel))
+
     def put_tree(self, src: str | Path, rel: str) -> None:
         """Copy a local folder's files (recursively) to `rel`."""
         for path in sorted(Path(src).rglob("*")):
@@ -164,3 +171,77 @@ def fetch_run(store: Store, name: str, dest: Path) -> Path:
         pull_files(store, f"{name}/trials/{trial}", dest / "trials" / trial,
                    ["metrics.jsonl", "fork.json", FAILED_MARKER])
     return dest
+
+
+class RunLock:
+    """Held by the `study run` that writes `<storage>/<name>`; a second one is refused (ConfigError).
+
+    On a folder it is an advisory lock on `<name>/.lock` (flock), which the OS releases when the
+    process dies, so `--resume` after a crash finds it free. On a URI, where no lock exists, it is
+    a lease object `<name>/lock.json` that a background thread renews every `renew_s` seconds; a
+    lease older than `stale_s` (its holder died) is taken over.
+    """
+
+    def __init__(self, store: Store, name: str, *, renew_s: float = 20.0, stale_s: float = 90.0):
+        self.store, self.name, self.renew_s, self.stale_s = store, name, renew_s, stale_s
+        self._file = None
+        self._stop = None
+
+    def _holder(self) -> dict:
+        import datetime
+        import socket
+
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "since": datetime.datetime.now().isoformat(timespec="seconds")}
+
+    def _refuse(self, holder: str) -> None:
+        from study.errors import ConfigError
+
+        raise ConfigError("--name", f"{self.store.uri(self.name)} is being written by another `study run` "
+                                    f"({holder}); wait for it to finish, or choose another --name")
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+        import json
+        import threading
+        import time
+
+        if not self.store.remote:
+            path = self.store.local(f"{self.name}/.lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a+")
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.seek(0)
+                holder = self._file.read().strip() or "unknown process"
+                self._file.close()
+                self._refuse(holder)
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(json.dumps(self._holder()))
+            self._file.flush()
+            return self
+        rel = f"{self.name}/lock.json"
+        text = self.store.read_text(rel)
+        if text is not None:
+            lease = json.loads(text)
+            if time.time() - lease.get("renewed", 0) < self.stale_s:
+                self._refuse(json.dumps({k: lease[k] for k in ("host", "pid", "since") if k in lease}))
+        me = self._holder()
+        self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+        self._stop = threading.Event()
+
+        def renew() -> None:
+            while not self._stop.wait(self.renew_s):
+                self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+
+        threading.Thread(target=renew, daemon=True, name="study-run-lease").start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the flock
+        if self._stop is not None:
+            self._stop.set()
+            self.store.delete(f"{self.name}/lock.json")

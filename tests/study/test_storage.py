@@ -52,3 +52,28 @@ def test_fetch_run_copies_the_results_not_the_checkpoints(store: Store, tmp_path
     copy = fetch_run(store, "run", tmp_path / "copy")
     assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == [
         "study.yaml", "trials/t1/metrics.jsonl", "trials/t2/failed.txt"]
+
+
+def test_a_run_lock_refuses_a_second_holder_until_released(store: Store) -> None:
+    from study.errors import ConfigError
+    from study.storage import RunLock
+
+    with RunLock(store, "run"):
+        with pytest.raises(ConfigError, match=r"--name: .*run\S* is being written by another `study run` "
+                                              r"\(.*\"pid\": \d+"):
+            RunLock(store, "run").__enter__()
+    with RunLock(store, "run"):  # free again once released
+        pass
+
+
+def test_a_lease_on_a_uri_whose_holder_died_is_taken_over(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from study.storage import RunLock
+
+    store = Store(f"file://{tmp_path}/store")
+    store.write_text("run/lock.json", json.dumps({"host": "gone", "pid": 1, "renewed": time.time() - 600}))
+    with RunLock(store, "run", stale_s=90):
+        assert json.loads(store.read_text("run/lock.json"))["host"] != "gone"
+    assert not store.exists("run/lock.json")  # released
