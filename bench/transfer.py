@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from models.init import init_scratch, load_backbone
+from models.init import init_scratch, load_backbone, load_state_file
 from models.mask_rcnn import build_mask_rcnn
 from models.norms import parameter_groups
 from study.data.coco import InstanceDataset, collate, load_coco
@@ -79,7 +79,7 @@ def main() -> None:
     train = InstanceDataset(load_coco(paths.train_annotations, paths.train_images, filter_empty=True),
                             min_size=args.image_size, max_size=args.image_size)
     val = InstanceDataset(load_coco(paths.val_annotations, paths.val_images))
-    meta = torch.load(args.pretrained, weights_only=True)["meta"]
+    meta = load_state_file(args.pretrained)["meta"]
     print(f"pretrained backbone: {meta['backbone']}-{meta['norm']}, val accuracy "
           f"{100 * meta['val_accuracy']:.1f}% after {meta['images_seen']} images")
     results = {}

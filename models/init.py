@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,22 @@ def init_scratch(model: MaskRCNN) -> None:
         p.requires_grad_(True)
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint or weight file that holds pickled Python objects besides tensors."""
+
+
+def load_state_file(path: str | Path) -> Any:
+    """Every checkpoint and weight file of the project is read through this: `torch.load` with
+    `weights_only=True`, so only tensors, numbers, strings and containers come back. A file with
+    pickled Python objects in it (which could run code while loading) is refused, named."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UnsafeCheckpoint(f"{path}: refused: it holds pickled Python objects, not only tensors "
+                               f"(files are loaded with torch.load(weights_only=True); {reason})") from None
+
+
 class BackboneMismatch(ValueError):
     """A checkpoint whose backbone is not the model's (other depth, width or layout)."""
 
@@ -94,7 +111,7 @@ def read_backbone_state(source: str | Path) -> tuple[dict[str, torch.Tensor], di
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_state_file(path)
         meta: dict[str, Any] = {}
         if isinstance(obj, dict) and "backbone" in obj and isinstance(obj["backbone"], dict):
             state, meta = obj["backbone"], dict(obj.get("meta", {}))  # a `study pretrain` checkpoint

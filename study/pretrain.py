@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.classifier import backbone_state, build_classifier
+from models.init import load_state_file
 from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import PretrainConfig, StudyConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
@@ -208,7 +209,7 @@ def run_pretrain(pcfg: PretrainConfig, *, backbone: str, out: str | Path,
             ).fit()
             assert result.checkpoint is not None
             with result.checkpoint.as_directory() as d:
-                saved = torch.load(Path(d) / "pretrain.pt", map_location="cpu", weights_only=True)
+                saved = load_state_file(Path(d) / "pretrain.pt")
             state, meta = saved["backbone"], saved["meta"]
     save_checkpoint(out, state, meta)
     progress(f"wrote {out}")

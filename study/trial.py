@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.init import init_scratch, load_backbone
+from models.init import init_scratch, load_backbone, load_state_file
 from models.mask_rcnn import build_mask_rcnn
 from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import StudyConfig
@@ -145,7 +145,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     ckpt_path = out_dir / "checkpoint.pt"
     resume = Path(resume_from) if resume_from is not None else ckpt_path
     if resume.is_file():
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = load_state_file(resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter, counts = state["iteration"], state["counts"]
