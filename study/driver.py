@@ -81,6 +81,10 @@ def _study_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
             for name in TRIAL_FILES:
                 if (out / name).is_file():
                     sync(out / name)
+            # this branch is the fork point's only reader, and now holds its own copy
+            fork = fork_file(trunk_dir, point["fork_iter"])
+            store.delete(f"{setup['name']}/trials/{trunk.name()}/{fork.name}")
+            fork.unlink(missing_ok=True)
             for row in shared:
                 to_tune(row)
             if shared and shared[-1]["status"] == "diverged":

@@ -58,6 +58,12 @@ class StudyPlan:
     images_per_iteration: int
     gpus_per_trial: float
     workers_per_trial: int
+    checkpoint_bytes: int  # one trial checkpoint: model and optimizer state, fp32
+    checkpoint_files: int  # kept at once over the whole study (with forking)
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.checkpoint_bytes * self.checkpoint_files
 
     @property
     def forked_ratio(self) -> float:
@@ -77,7 +83,34 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
         iterations_separate=lineages * sum(lengths.values()),
         iterations_forked=lineages * (max(lengths.values()) + tails),
         images_per_iteration=solver.ims_per_batch, gpus_per_trial=res.workers * res.gpus_per_worker,
-        workers_per_trial=res.workers)
+        workers_per_trial=res.workers, checkpoint_bytes=checkpoint_bytes(cfg),
+        # each trial keeps checkpoint.pt; each trunk one fork_<it>.pt per shorter schedule; a
+        # multi-worker trial also keeps Ray Train's last KEEP_TRAIN_CHECKPOINTS copies
+        checkpoint_files=lineages * len(grid.schedule) * (1 + (KEEP_TRAIN_CHECKPOINTS if res.workers > 1 else 0))
+        + lineages * (len(grid.schedule) - 1))
+
+
+KEEP_TRAIN_CHECKPOINTS = 2  # study.trainer.run_trial_on_ray's keep_checkpoints
+COCO_CLASSES = 80
+
+
+def checkpoint_bytes(cfg: StudyConfig) -> int:
+    """Bytes of one trial checkpoint: the model's state (parameters and buffers) and SGD's
+    momentum for every trained parameter, in fp32 (the model is built on the meta device: no
+    memory, no data). Classes: the synthetic set's, or COCO's 80 for a COCO-format set."""
+    import torch
+
+    from models.mask_rcnn import build_mask_rcnn
+    from study.data.synthetic import CLASSES
+
+    classes = len(CLASSES) if cfg.data.source == "synthetic" else COCO_CLASSES
+    with torch.device("meta"):
+        model = build_mask_rcnn(backbone=cfg.model.backbone, norm=cfg.model.norm, num_classes=classes,
+                                profile=cfg.model.profile, min_size=cfg.model.min_size,
+                                max_size=cfg.model.max_size)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return state + momentum
 
 
 def format_plan(cfg: StudyConfig, plan: StudyPlan, s_per_iter: float | None = None) -> str:
@@ -102,7 +135,11 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, s_per_iter: float | None = No
         lines.append("  forks     " + ", ".join(f"{s:g}x leaves the {max(grid.schedule):g}x trunk at "
                                                  f"{at}" for s, at in forks.items()))
     lines += [f"iterations: {plan.iterations_forked:,} with forking, {plan.iterations_separate:,} "
-              f"without ({plan.forked_ratio:.2f}x)"]
+              f"without ({plan.forked_ratio:.2f}x)",
+              f"disk: {_size(plan.disk_bytes)} of checkpoints at most ({plan.checkpoint_files} files of "
+              f"{_size(plan.checkpoint_bytes)}: one per trial, one per fork point until its branch starts"
+              + (f", Ray Train's last {KEEP_TRAIN_CHECKPOINTS} per trial" if plan.workers_per_trial > 1 else "")
+              + f"), {_size(plan.checkpoint_bytes * plan.trials)} when done; plus data and metric logs"]
     if s_per_iter is not None:
         for label, iters in (("with forking", plan.iterations_forked),
                              ("without", plan.iterations_separate)):
@@ -110,3 +147,11 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, s_per_iter: float | None = No
             gpu = f", {hours * plan.gpus_per_trial:,.1f} GPU-hours" if plan.gpus_per_trial else ""
             lines.append(f"at {s_per_iter:g} s/iteration {label}: {hours:,.1f} trial-hours{gpu}")
     return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -76,3 +76,18 @@ def test_a_run_folder_is_not_silently_reused(tmp_path: Path) -> None:
     (tmp_path / "smoke" / "study.yaml").write_text("name: smoke\n")
     with pytest.raises(ConfigError, match="holds a study with another configuration"):
         run_study(smoke, storage=tmp_path, resume=True)
+
+
+def test_the_disk_estimate_matches_a_real_checkpoint(tmp_path: Path) -> None:
+    from study.plan import checkpoint_bytes
+    from study.trial import train_trial
+    from tests.study.test_trial import SMOKE as TRIAL_CFG, TRIAL
+
+    train_trial(TRIAL_CFG, TRIAL, out_dir=tmp_path / "t", data_root=tmp_path, stop_at=4)
+    real = (tmp_path / "t" / "checkpoint.pt").stat().st_size
+    assert checkpoint_bytes(TRIAL_CFG) == pytest.approx(real, rel=0.01)  # within 1%: pickling overhead
+    cfg = load_study(REPO / "search_spaces" / "smoke.yaml")
+    plan = plan_study(cfg)
+    assert plan.checkpoint_files == 4 + 2  # one per trial, one per fork point (2 trunks x 1 branch)
+    text = format_plan(cfg, plan)
+    assert f"({plan.checkpoint_files} files of " in text and "when done" in text
