@@ -202,4 +202,8 @@ def summary(df: pd.DataFrame, unit_iters: int | None = None, metric: str = "bbox
         parts += ["    " + line for line in pivot.to_string().splitlines()]
     parts.append("")
     parts += [f"- {line}" for line in findings(df, unit_iters, metric, tol)]
+    bad = problems(df)
+    if len(bad):
+        parts.append(f"- Not in the means: {len(bad)} trial(s) did not finish: " + "; ".join(
+            f"{r['trial']} {r['status']} at iteration {r['iteration']}" for _, r in bad.iterrows()) + ".")
     return "\n".join(parts)

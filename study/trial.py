@@ -165,6 +165,11 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         row = done[-1] if done else {}
         report(row, None)
         return row
+    if start_iter and rank == 0:
+        fork = out_dir / "fork.json"
+        forked = fork.is_file() and json.loads(fork.read_text())["iteration"] == start_iter
+        print(f"{trial.name()}: " + (f"starting from its trunk's fork point, iteration {start_iter}" if forked
+                                     else f"resuming from the checkpoint of iteration {start_iter}"), flush=True)
     if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
         model = convert_sync_batchnorm(model, cfg.model.norm, device)
     net = wrap(model)
@@ -215,8 +220,9 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         n_window += 1
         n_timed += 1
         if summed["diverged"] > 0:
+            # NaN metrics, not missing ones: Tune stops the whole study on a result without its metric
             row = {"iteration": it, "status": "diverged", "lr": lr, **trial_row(trial),
-                   **{k: float("nan") for k in losses}, "images_seen": counts["images"]}
+                   **{k: float("nan") for k in (*losses, "bbox_AP", "segm_AP")}, "images_seen": counts["images"]}
             _log(out_dir, row, rank, sync)
             report(row, None)
             return row
