@@ -107,8 +107,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     (study/storage.py pushes it to shared storage).
 
     Each evaluation appends its row to the metric log first and writes the checkpoint second; a
-    resume drops the log's rows past the checkpoint's iteration (a crash between the two), so the
-    log never misses nor repeats an iteration.
+    (re)start drops the log's rows past the checkpoint's iteration (or all of them without a
+    checkpoint: a crash between the two), so the log never misses nor repeats an iteration.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +149,6 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter, counts = state["iteration"], state["counts"]
-        if rank == 0 and _truncate_metrics(out_dir, start_iter):
-            sync(out_dir / "metrics.jsonl")
         # The loss sums since the last evaluation, summed over ranks: rank 0 carries them.
         window = {k: (v if rank == 0 else 0.0) for k, v in state.get("window", {}).items()}
         n_window = int(state.get("n_window", 0))
@@ -159,6 +157,8 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
         cuda_rng = state.get("cuda_rng", [])
         if rank < len(cuda_rng) and cuda:
             torch.cuda.set_rng_state(cuda_rng[rank], device)
+    if rank == 0 and _truncate_metrics(out_dir, start_iter):  # rows the checkpoint is behind
+        sync(out_dir / "metrics.jsonl")
     end = sched.max_iter if stop_at is None else min(stop_at, sched.max_iter)
     if start_iter >= end:  # already trained this far: report where it stands, train nothing
         done = read_metrics(out_dir)

@@ -1,6 +1,7 @@
-"""Crashes and mistakes during a study, for real: `study run` killed with SIGKILL (driver, Ray and
-trials together, as when a machine dies) and resumed with --resume; a second `study run` on the
-same folder while the first runs; trials that diverge inside a study."""
+"""Crashes and mistakes during a study, for real: a trial's process killed with SIGKILL (Tune
+retries it, it resumes); `study run` killed with SIGKILL (driver, Ray and trials together, as
+when a machine dies) and resumed with --resume; a second `study run` on the same folder while the
+first runs; trials that diverge inside a study."""
 
 from __future__ import annotations
 
@@ -31,9 +32,17 @@ resources: {workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1}
 """
 
 
-def _study(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+def _study(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the study
+        return subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def _trial_processes(session: int) -> list[int]:
+    """PIDs of the Ray workers running a Tune function trial in this process session."""
+    ps = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, sid, *cmd in (line.split(None, 2) for line in ps.splitlines())
+            if int(sid) == session and cmd and cmd[0].startswith("ray::ImplicitFunc")]
 
 
 def _rows(trial_dir: Path) -> list[dict]:
@@ -50,8 +59,9 @@ def test_a_killed_study_resumes_without_repeating_or_losing_work(tmp_path: Path,
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="r", dir="/tmp"), "PYTHONUNBUFFERED": "1"}
     args = ["run", str(space), "--storage", str(runs)]
 
-    first = _study(args, env)
+    first = _study(args, env, tmp_path / "first.log")
     killed_at: dict[str, list[dict]] = {}
+    trial_killed: tuple[str, int] | None = None
     try:
         deadline = time.time() + 300
         refused = False
@@ -65,15 +75,26 @@ def test_a_killed_study_resumes_without_repeating_or_losing_work(tmp_path: Path,
                 err = capsys.readouterr().err
                 assert "is being written by another `study run`" in err and f'"pid": {first.pid}' in err, err
                 refused = True
-            if done and running:  # one trunk finished, the other in the middle of its schedule
+            if trial_killed is None and running and not done:  # first: kill the trial's own process
+                pids = _trial_processes(first.pid)
+                if len(pids) == 1:
+                    os.kill(pids[0], signal.SIGKILL)
+                    trial_killed = (running[0].name, _rows(running[0])[-1]["iteration"])
+            if done and running and trial_killed:  # then: one trunk finished, the other under way
                 os.killpg(first.pid, signal.SIGKILL)
                 killed_at = {d.name: _rows(d) for d in trials.iterdir()}
                 break
             time.sleep(0.05)
-        assert killed_at, f"no moment with a finished and a running trial:\n{first.communicate()[0][-3000:]}"
+        assert killed_at, "no moment with a finished and a running trial:\n" + (tmp_path / "first.log").read_text()[-3000:]
     finally:
         subprocess.run(["pkill", "-KILL", "-s", str(first.pid)], check=False)  # Ray's processes too
         first.wait()
+    # a dead trial process: Tune retried the trial (resources.max_failures: 1), which resumed from
+    # its checkpoint (the kill may fall just after a row and before its checkpoint)
+    name, at = trial_killed
+    log = (tmp_path / "first.log").read_text()
+    assert (f"{name}: resuming from the checkpoint of iteration {at}" in log
+            or f"{name}: resuming from the checkpoint of iteration {at - 3}" in log), log[-4000:]
     finished = [n for n, rows in killed_at.items() if rows and rows[-1]["status"] == "finished"]
     interrupted = [n for n, rows in killed_at.items() if rows and rows[-1]["status"] == "running"]
     assert len(finished) == 1 and len(interrupted) == 1 and "_4x_" in interrupted[0]
@@ -82,9 +103,12 @@ def test_a_killed_study_resumes_without_repeating_or_losing_work(tmp_path: Path,
 
     assert main(args) == 2  # without --resume the folder is not reused
     assert "add --resume to continue it" in capsys.readouterr().err
-    second = _study([*args, "--resume"], env)
-    out = second.communicate(timeout=600)[0]
-    subprocess.run(["pkill", "-KILL", "-s", str(second.pid)], check=False)
+    second = _study([*args, "--resume"], env, tmp_path / "second.log")
+    try:
+        second.wait(timeout=600)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-s", str(second.pid)], check=False)
+    out = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, out[-4000:]
 
     # the interrupted trunk resumed from its last checkpoint (its last logged row, or the one
