@@ -173,15 +173,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec="seconds")
     cfg = load_study(args.space)
     name = args.name or cfg.name
+    timings: dict[str, float] = {}
     try:
         run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
-                  forking=not args.no_fork)
+                  forking=not args.no_fork, timings=timings)
     except ConfigError as e:  # a value of the study file (data paths, sizes): name the file
         raise (e.in_file(args.space) if e.file is None and e.key[:1].isalpha() else e) from None
     store = Store(args.storage)
-    store.write_text(f"{name}/{RUN_INFO}", json.dumps({
-        "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "seconds": time.perf_counter() - start, "machine": machine()}, indent=1))
+
+    def run_info() -> None:
+        store.write_text(f"{name}/{RUN_INFO}", json.dumps({
+            "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "seconds": time.perf_counter() - start, "phases_s": timings, "machine": machine()}, indent=1))
+
+    run_info()  # the report reads it
+    tick = time.perf_counter()
     if store.remote:  # analyse a local copy of the results, then put the report beside them
         with tempfile.TemporaryDirectory() as tmp:
             _analyze(fetch_run(store, name, Path(tmp) / name), Path(tmp) / "report",
@@ -189,7 +195,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             store.put_tree(Path(tmp) / "report", f"{name}/report")
     else:
         _analyze(store.local(name), store.local(name) / "report")
-    print(f"study {name} done in {time.perf_counter() - start:.0f} s")
+    timings["analysis"] = time.perf_counter() - tick
+    run_info()
+    print(f"study {name} done in {time.perf_counter() - start:.0f} s: "
+          + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in timings.items()))
     return 0
 
 

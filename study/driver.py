@@ -174,20 +174,21 @@ def prepare(cfg: StudyConfig, store: Store) -> tuple[str | None, bool]:
 
 def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,
               address: str | None = None, resume: bool = False, forking: bool = True,
-              verbose: int = 1) -> Any:
+              verbose: int = 1, timings: dict[str, float] | None = None) -> Any:
     """Run every trial of `cfg` on Ray Tune; returns Tune's ResultGrid. Results: see module doc.
 
     Before Ray starts: the run folder's lock, its consistency with `cfg`, and the data
-    (study/preflight.py); errors are ConfigError / DataError naming what to fix."""
+    (study/preflight.py); errors are ConfigError / DataError naming what to fix. `timings`, if
+    given, receives the seconds of each phase (checks and data, pre-training, Ray start, trials)."""
     store = Store(storage)
     name = name or cfg.name
     with RunLock(store, name):  # a second `study run` on the same folder is refused
         return _run_locked(cfg, store, name, address=address, resume=resume, forking=forking,
-                           verbose=verbose)
+                           verbose=verbose, timings={} if timings is None else timings)
 
 
 def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | None, resume: bool,
-                forking: bool, verbose: int) -> Any:
+                forking: bool, verbose: int, timings: dict[str, float]) -> Any:
     import ray
     from ray import tune
 
@@ -199,9 +200,19 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
     if not resume and store.listdir(f"{name}/trials"):
         raise ConfigError("--name", f"{run_dir} already holds trials of this study: add --resume to "
                                     "continue it (finished trials are kept), or choose another --name")
+    tick = time.perf_counter()
+
+    def phase(label: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        timings[label] = timings.get(label, 0.0) + now - tick
+        tick = now
+
     check_study_data(cfg, node_dir("data") if store.remote else store.local("data"))  # before Ray
     store.write_text(f"{name}/study.yaml", dump_study(cfg))
+    phase("checks_and_data")
     weights, weights_in_store = prepare(cfg, store)
+    phase("pretraining")
 
     res = cfg.resources
     inline = res.workers == 1
@@ -214,6 +225,7 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
             slots = max(1, cpus // (res.workers * res.cpus_per_worker))
             dashboard = ray.init(num_cpus=max(cpus, res.workers * res.cpus_per_worker),
                                  resources={TRAIN_DRIVER: slots}).dashboard_url
+    phase("ray_start")
     if inline:
         trial_resources = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
     elif ray.cluster_resources().get(TRAIN_DRIVER):
@@ -251,4 +263,6 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
                     metric_columns=["iteration", "loss", METRIC, "segm_AP"],
                     parameter_columns=["init", "schedule", "size", "seed", "lr"],
                     max_report_frequency=30)))
-    return tuner.fit()
+    grid = tuner.fit()
+    phase("trials")
+    return grid

@@ -43,6 +43,10 @@ from study.engine import coco_metrics, predict, train_step
 from study.ranks import gather_over_ranks, sum_over_ranks
 from study.schedule import lr_at, schedule_for
 
+# Columns of a metric row that measure the machine, not the training (they differ between equal runs).
+TIMING_COLUMNS = frozenset({"images_per_s", "eval_s"})
+
+
 @dataclass(frozen=True)
 class Trial:
     """One cell of the grid with one LR: what a trial trains."""
@@ -233,6 +237,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
             shard = list(range(rank, len(val), world_size))
             results = gather_over_ranks(predict(model, val, indices=shard, device=device), world_size)
             metrics = coco_metrics(val, results) if rank == 0 else {}
+            metrics["eval_s"] = time.perf_counter() - now  # prediction and COCOeval
             row = {"iteration": it, "status": "finished" if it == sched.max_iter else "running",
                    "lr": lr, **trial_row(trial), **mean_losses, **metrics,
                    "images_per_s": n_timed * batch / (now - tick),

@@ -10,7 +10,7 @@ import pytest
 
 from study.config import study_from_dict, to_dict
 from study.forking import start_branch, trunk_state
-from study.trial import Trial, read_metrics, train_trial
+from study.trial import TIMING_COLUMNS, Trial, read_metrics, train_trial
 from tests.study.test_trial import SMOKE, TRIAL
 
 # 1x = 8 iterations, drops 4 and 2 before the end: 1x leaves the 2x trunk at iteration 4, which is
@@ -20,7 +20,7 @@ CFG = study_from_dict({**to_dict(SMOKE), "name": "fork_smoke",
                        "grid": {**to_dict(SMOKE.grid), "schedule": [1, 2]}})
 ONE = dataclasses.replace(TRIAL, schedule=1)
 TWO = dataclasses.replace(ONE, schedule=2)
-TIMING = {"images_per_s"}
+TIMING = TIMING_COLUMNS
 
 
 def test_a_branch_equals_a_separate_run(tmp_path: Path) -> None:
