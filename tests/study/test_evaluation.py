@@ -32,3 +32,27 @@ def test_imperfect_detections_score_lower(fruits: Path) -> None:
     only_first = evaluate_coco(split.coco, [d for d in dets if d["image_id"] == 0], "bbox", image_ids=[0])
     assert only_first["AP"] == pytest.approx(100.0)
     assert evaluate_coco(split.coco, [], "segm") == {k: 0.0 for k in AP_KEYS}
+
+
+def test_faster_coco_eval_gives_pycocotools_numbers(fruits: Path) -> None:
+    """The default backend is faster-coco-eval; on imperfect detections of the real set every AP of
+    both IoU types equals pycocotools' to 1e-4, and pycocotools' ground truth is left untouched."""
+    import json
+    import random
+
+    from study.evaluation import default_backend
+
+    assert default_backend() == "faster_coco_eval"
+    split = load_coco(fruits / "annotations.json", fruits / "images")
+    before = json.dumps(split.coco.dataset, sort_keys=True)
+    rng = random.Random(0)
+    dets = [dict(d, score=rng.uniform(0.1, 1.0),
+                 bbox=[d["bbox"][0] + rng.uniform(-0.2, 0.2) * d["bbox"][2], d["bbox"][1], *d["bbox"][2:]])
+            for d in ground_truth_as_detections(split.coco) if rng.random() < 0.8]
+    fast = {iou: evaluate_coco(split.coco, dets, iou, backend="faster_coco_eval") for iou in ("bbox", "segm")}
+    assert json.dumps(split.coco.dataset, sort_keys=True) == before  # (pycocotools' segm eval rewrites it)
+    for iou in ("bbox", "segm"):
+        ref = evaluate_coco(split.coco, dets, iou, backend="pycocotools")
+        assert 20 < ref["AP"] < 95, ref  # neither trivial nor perfect
+        for key in AP_KEYS:
+            assert fast[iou][key] == pytest.approx(ref[key], abs=1e-4, nan_ok=True), (iou, key)

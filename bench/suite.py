@@ -1,0 +1,417 @@
+"""The benchmark suite: one command, a table, a JSON file. Each part compares its variants in this
+process, one after another, on this machine, so the ratios hold on a noisy machine.
+
+    .venv/bin/python bench/suite.py                        # every part; a few minutes on 2 cores
+    .venv/bin/python bench/suite.py --only overhead,eval   # some parts
+    .venv/bin/python bench/suite.py --study runs/default   # also: where a finished study's time went
+
+Parts:
+  overhead  iterations/s of one trial's training loop (tiny profile, batch 4, one thread per
+            process, after warm-up): a plain PyTorch loop written here in the shape of
+            torchvision's reference `train_one_epoch`, `study.trial.train_trial` in this process,
+            and the same under Ray Train with 1 and 2 workers
+  loader    the COCO data layer (decode, resize, flip, masks) per batch, in the loop's process and
+            with 2 loader processes, against the training step alone
+  forking   a 3-schedule grid with forking on and off: iterations trained, wall time, and whether
+            every schedule's metrics agree
+  eval      COCOeval of a few hundred images, bbox and segm: pycocotools against faster-coco-eval
+  ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run (its
+            health-check interval at our 0.25 s and at Ray's 2 s default)
+  study     (with --study RUN_DIR) a finished `study run`'s phases and its trials' train / eval /
+            overhead split, from its run.json and metric logs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, WINDOW, WINDOWS = 4, 20, 4  # a window of iterations is timed as one; the first is warm-up
+TINY = {
+    "name": "bench",
+    "data": {"synthetic": {"train_images": 200, "val_images": 8, "image_size": 64}},
+    "model": {"backbone": "resnet18", "norm": "gn", "profile": "tiny", "min_size": 64, "max_size": 64},
+    "solver": {"base_lr": 0.02, "ims_per_batch": BATCH, "unit_iters": WINDOW * WINDOWS,
+               "drops_before_end": [WINDOW], "warmup_iters": 5, "eval_period": WINDOW},
+    "grid": {"init": ["scratch"], "schedule": [1], "train_images": [200]},
+    "lr": {"values": [0.02]},
+    "resources": {"workers": 1, "cpus_per_worker": 1},
+}
+
+
+def _cfg(**resources: Any):
+    from study.config import study_from_dict
+
+    return study_from_dict({**TINY, "resources": {**TINY["resources"], **resources}})
+
+
+def _trial():
+    from study.trial import Trial
+
+    return Trial(init="scratch", schedule=1, base_lr=0.02, seed=0, train_images=200)
+
+
+def _steady(rows: list[dict[str, Any]]) -> float:
+    """Iterations/s after warm-up: the median of the windows after the first."""
+    return statistics.median(r["images_per_s"] for r in rows[1:]) / BATCH
+
+
+# --- overhead ------------------------------------------------------------------------------------
+
+
+def plain_loop(data_root: Path) -> float:
+    """torchvision's reference train_one_epoch, reduced to one process: iterations/s after warm-up."""
+    from torch.utils.data import DataLoader
+
+    from models.init import init_scratch
+    from models.mask_rcnn import build_mask_rcnn
+    from models.norms import parameter_groups
+    from study.data.coco import collate
+    from study.data.sampling import IterationBatchSampler
+    from study.trial import trial_datasets
+
+    cfg = _cfg()
+    train, _ = trial_datasets(cfg, _trial(), data_root)
+    torch.manual_seed(0)
+    model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=train.split.num_classes,
+                            profile="tiny", min_size=64, max_size=64)
+    init_scratch(model)
+    model.train()
+    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
+                                lr=0.02, momentum=0.9)
+    sampler = IterationBatchSampler(len(train), BATCH, seed=0, start_iter=0, max_iter=WINDOW * WINDOWS)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    rates, tick = [], time.perf_counter()
+    for it, (images, targets) in enumerate(loader, start=1):
+        loss_dict = model(images, [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets])
+        losses = sum(loss_dict.values())
+        loss_value = losses.item()  # the reference logs it every iteration
+        assert loss_value == loss_value
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+        if it % WINDOW == 0:
+            now = time.perf_counter()
+            rates.append(WINDOW / (now - tick))
+            tick = now
+    return statistics.median(rates[1:])
+
+
+def overhead(work: Path) -> dict[str, Any]:
+    import ray
+
+    from study.trainer import run_trial_on_ray
+    from study.trial import read_metrics, split_paths, train_trial
+
+    torch.set_num_threads(1)  # as in a 1-CPU Ray worker
+    data = work / "data"
+    split_paths(_cfg(), data)  # generated once, before any timing
+    out: dict[str, Any] = {}
+    start = time.perf_counter()
+    out["plain_loop_it_s"] = plain_loop(data)
+    out["plain_loop_wall_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_trial(_cfg(), _trial(), out_dir=work / "inproc", data_root=data)
+    out["train_trial_it_s"] = _steady(read_metrics(work / "inproc"))
+    out["train_trial_wall_s"] = time.perf_counter() - start
+    for workers in (1, 2):
+        start = time.perf_counter()
+        run_trial_on_ray(_cfg(workers=workers), _trial(), out_dir=work / f"ray{workers}", data_root=data)
+        out[f"ray_train_{workers}w_it_s"] = _steady(read_metrics(work / f"ray{workers}"))
+        out[f"ray_train_{workers}w_wall_s"] = time.perf_counter() - start
+    ray.shutdown()
+    base = out["plain_loop_it_s"]
+    for key in ("train_trial", "ray_train_1w", "ray_train_2w"):
+        out[f"{key}_vs_plain"] = out[f"{key}_it_s"] / base
+    return out
+
+
+# --- loader --------------------------------------------------------------------------------------
+
+
+def loader(work: Path) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from models.init import init_scratch
+    from models.mask_rcnn import build_mask_rcnn
+    from models.norms import parameter_groups
+    from study.data.coco import collate
+    from study.data.sampling import IterationBatchSampler
+    from study.engine import train_step
+    from study.trial import trial_datasets
+
+    torch.set_num_threads(1)
+    train, _ = trial_datasets(_cfg(), _trial(), work / "data")
+    n = 60
+    out: dict[str, Any] = {}
+    for workers in (0, 2):
+        sampler = IterationBatchSampler(len(train), BATCH, seed=0, start_iter=0, max_iter=n)
+        dl = DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+        start = time.perf_counter()
+        batches = list(dl)
+        out[f"loader_{workers}proc_ms_per_batch"] = 1000 * (time.perf_counter() - start) / n
+    torch.manual_seed(0)
+    model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=train.split.num_classes,
+                            profile="tiny", min_size=64, max_size=64)
+    init_scratch(model)
+    model.train()
+    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
+                                lr=0.02, momentum=0.9)
+    for images, targets in batches[:10]:  # warm-up
+        train_step(model, images, targets, optimizer)
+    start = time.perf_counter()
+    for images, targets in batches[10:]:
+        train_step(model, images, targets, optimizer)
+    out["step_ms"] = 1000 * (time.perf_counter() - start) / (n - 10)
+    out["loader_share_in_process"] = out["loader_0proc_ms_per_batch"] / (
+        out["loader_0proc_ms_per_batch"] + out["step_ms"])
+    return out
+
+
+# --- forking -------------------------------------------------------------------------------------
+
+
+FORK_SPACE = {
+    **TINY, "name": "forkbench",
+    "data": {"synthetic": {"train_images": 24, "val_images": 8, "image_size": 64}},
+    # the paper's proportions: drops 2/3 and 2/9 of 1x before the end, 1x..3x
+    "solver": {"base_lr": 0.01, "ims_per_batch": 2, "unit_iters": 18, "drops_before_end": [12, 4],
+               "warmup_iters": 1, "eval_period": 6},
+    "grid": {"init": ["scratch"], "schedule": [1, 2, 3], "train_images": [16], "seeds": [0]},
+    "lr": {"values": [0.01]},
+    "resources": {"workers": 1, "cpus_per_worker": 1},
+}
+
+
+def forking(work: Path) -> dict[str, Any]:
+    import ray
+
+    from study.config import study_from_dict
+    from study.driver import run_study
+    from study.plan import plan_study
+    from study.results import load_results
+    from study.trial import TIMING_COLUMNS
+
+    cfg = study_from_dict(FORK_SPACE)
+    out: dict[str, Any] = {}
+    frames = {}
+    for label, fork in (("forked", True), ("separate", False)):
+        start = time.perf_counter()
+        try:
+            run_study(cfg, storage=work / "fork", name=label, forking=fork, verbose=0)
+        finally:
+            ray.shutdown()
+        out[f"{label}_wall_s"] = time.perf_counter() - start
+        frames[label] = load_results(work / "fork" / label).sort_values(["trial", "iteration"]).reset_index(drop=True)
+    plan = plan_study(cfg)
+    out["forked_iterations"], out["separate_iterations"] = plan.iterations_forked, plan.iterations_separate
+    a, b = frames["forked"], frames["separate"]
+    same = a[["trial", "iteration"]].equals(b[["trial", "iteration"]])
+    worst = 0.0
+    for column in set(a.columns) - TIMING_COLUMNS - {"trial", "iteration"}:
+        if a[column].dtype.kind == "f":
+            diff = (a[column] - b[column]).abs().max()
+            worst = max(worst, 0.0 if diff != diff else float(diff))
+        else:
+            same = same and a[column].tolist() == b[column].tolist()
+    out["metrics_equal"] = bool(same and worst <= 1e-5)
+    out["max_metric_difference"] = worst
+    out["wall_ratio"] = out["forked_wall_s"] / out["separate_wall_s"]
+    return out
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+def detections(coco_gt, seed: int = 0) -> list[dict[str, Any]]:
+    """Plausible detections: every instance found with a jittered box and its mask shifted a
+    pixel, a random score, plus one false positive per image."""
+    import numpy as np
+
+    from study.evaluation import masks_to_rle
+
+    rng = np.random.default_rng(seed)
+    dets = []
+    for ann in coco_gt.dataset["annotations"]:
+        info = coco_gt.imgs[ann["image_id"]]
+        mask = np.roll(coco_gt.annToMask(ann), int(rng.integers(-1, 2)), axis=1)[None]
+        x, y, w, h = ann["bbox"]
+        box = [x + rng.normal(0, 1), y + rng.normal(0, 1), w * rng.uniform(0.9, 1.1), h * rng.uniform(0.9, 1.1)]
+        dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": box,
+                     "score": float(rng.uniform(0.3, 1.0)), "segmentation": masks_to_rle(mask)[0]})
+        if rng.uniform() < 1 / 3:  # false positives, about one per image
+            fp = np.zeros((1, info["height"], info["width"]), dtype=np.uint8)
+            fp[0, 5:20, 5:20] = 1
+            dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [5, 5, 15, 15],
+                         "score": float(rng.uniform(0, 0.5)), "segmentation": masks_to_rle(fp)[0]})
+    return dets
+
+
+def evaluation(work: Path) -> dict[str, Any]:
+    from study.data.coco import load_coco
+    from study.data.synthetic import SynthSpec, write_synthetic
+    from study.evaluation import BACKENDS, evaluate_coco
+
+    paths = write_synthetic(work / "evalset", SynthSpec(train_images=1, val_images=300, image_size=64, seed=3))
+    gt = load_coco(paths.val_annotations, paths.val_images).coco
+    dets = detections(gt)
+    out: dict[str, Any] = {"images": len(gt.imgs), "instances": len(gt.dataset["annotations"]),
+                           "detections": len(dets)}
+    results = {}
+    for backend in BACKENDS:
+        evaluate_coco(gt, dets, "bbox", backend=backend)  # warm-up (imports, index building)
+        start = time.perf_counter()
+        results[backend] = {iou: evaluate_coco(gt, dets, iou, backend=backend) for iou in ("bbox", "segm")}
+        out[f"{backend}_s"] = time.perf_counter() - start
+    a, b = results.values()
+    out["max_ap_difference"] = max(abs(a[iou][k] - b[iou][k]) for iou in a for k in a[iou])
+    out["bbox_AP"], out["segm_AP"] = a["bbox"]["AP"], a["segm"]["AP"]
+    names = list(BACKENDS)
+    out["speedup"] = out[f"{names[0]}_s"] / out[f"{names[1]}_s"]
+    return out
+
+
+# --- ray -----------------------------------------------------------------------------------------
+
+
+RAY_PROBE = r"""
+import json, os, sys, time
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = sys.argv[1]
+os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+import ray
+from ray import tune
+import ray.train
+from ray.train.torch import TorchTrainer
+
+def trial(config):
+    tune.report({"x": config["x"]})
+
+def loop(config):
+    ray.train.report({"done": 1})
+
+out = {}
+start = time.perf_counter()
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+out["ray_init_s"] = time.perf_counter() - start
+for reuse in (True, False):
+    start = time.perf_counter()
+    tune.Tuner(trial, param_space={"x": tune.grid_search(list(range(8)))},
+               tune_config=tune.TuneConfig(reuse_actors=reuse, max_concurrent_trials=2),
+               run_config=tune.RunConfig(storage_path=sys.argv[2], name=f"tune_{reuse}", verbose=0)).fit()
+    out[f"tune_trial_s_reuse_{reuse}"] = (time.perf_counter() - start) / 8
+for workers in (1, 2):
+    start = time.perf_counter()
+    TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=workers),
+                 run_config=ray.train.RunConfig(storage_path=sys.argv[2], name=f"train_{workers}")).fit()
+    out[f"ray_train_{workers}w_run_s"] = time.perf_counter() - start
+ray.shutdown()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def ray_costs(work: Path) -> dict[str, Any]:
+    """Each health-check setting in its own process: Ray reads it when its processes start."""
+    out: dict[str, Any] = {}
+    for interval in ("0.25", "2"):
+        env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rb", dir="/tmp")}
+        proc = subprocess.run([sys.executable, "-c", RAY_PROBE, interval, str(work / f"ray_{interval}")],
+                              capture_output=True, text=True, env=env, timeout=600)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            raise RuntimeError(f"the Ray probe failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        result = json.loads(lines[-1][7:])
+        for key, value in result.items():
+            if key.startswith("ray_train") or interval == "0.25":
+                out[key if not key.startswith("ray_train") else f"{key}_health_{interval}s"] = value
+    return out
+
+
+# --- a finished study ----------------------------------------------------------------------------
+
+
+def study_breakdown(run_dir: Path) -> dict[str, Any]:
+    """Where a finished study's wall time went: its phases (run.json), and inside the trials'
+    phase, training, evaluation and the rest (Ray, waiting for forks, process start), summed over
+    trials from their metric logs (training time: each window's iterations at its images/s)."""
+    from study.results import load_results, run_config
+
+    info = json.loads((run_dir / "run.json").read_text())
+    df = load_results(run_dir)
+    forks = {}
+    for trial in (run_dir / "trials").iterdir():
+        fork = trial / "fork.json"
+        forks[trial.name] = json.loads(fork.read_text())["iteration"] if fork.is_file() else 0
+    train_s = eval_s = 0.0
+    batch = None
+    for name, rows in df.sort_values("iteration").groupby("trial"):
+        prev = forks.get(name, 0)
+        for _, r in rows.iterrows():
+            if r["iteration"] <= forks.get(name, 0) or r["status"] != "running" and r["status"] != "finished":
+                continue  # rows copied from the trunk were timed there
+            batch = batch or int(round(r["images_seen"] / r["iteration"]))
+            train_s += (r["iteration"] - prev) * batch / r["images_per_s"]
+            eval_s += r.get("eval_s", 0.0) or 0.0
+            prev = r["iteration"]
+    phases = info.get("phases_s", {})
+    trials = df["trial"].nunique()
+    res = run_config(run_dir).get("resources", {})
+    slots = res.get("max_concurrent_trials") or max(1, int(info["machine"]["cpus"]) // res.get("cpus_per_worker", 1))
+    out = {"wall_s": info["seconds"], **{f"phase_{k}_s": v for k, v in phases.items()},
+           "trials": trials, "concurrent_slots": slots, "train_s_summed": train_s, "eval_s_summed": eval_s}
+    if "trials" in phases:  # slot-seconds of the trials phase not spent training or evaluating
+        out["idle_or_overhead_per_trial_s"] = (phases["trials"] * slots - train_s - eval_s) / trials
+    return out
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs}
+
+
+def main() -> None:
+    from study.report import machine
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
+    p.add_argument("--study", type=Path, default=None, help="a finished study run to break down")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suite.json")
+    args = p.parse_args()
+    chosen = [part.strip() for part in args.only.split(",") if part.strip()]
+    unknown = set(chosen) - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "parts": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        for part in chosen:
+            start = time.perf_counter()
+            print(f"[{part}] ...", flush=True)
+            report["parts"][part] = PARTS[part](Path(tmp))
+            print(f"[{part}] done in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.study is not None:
+        report["parts"]["study"] = study_breakdown(args.study)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    m = report["machine"]
+    print(f"\nmachine: {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}; {report['date']}")
+    print(f"{'part':10s} {'measure':44s} value")
+    for part, values in report["parts"].items():
+        for key, value in values.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"{part:10s} {key:44s} {shown}")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
