@@ -38,11 +38,29 @@ def loop(iters: int) -> None:
 def owner(frame: str) -> str:
     """'function (path:line)' -> who owns that code."""
     path = frame.rsplit("(", 1)[-1]
-    for key, name in (("/study/", "study (ours)"), ("/models/", "models (ours)"), ("torchvision/", "torchvision"),
-                      ("pycocotools/", "pycocotools"), ("torch/", "torch"), ("numpy/", "numpy"), ("PIL/", "PIL")):
+    for key, name in (("torchvision/", "torchvision"), ("pycocotools/", "pycocotools"),
+                      ("faster_coco_eval/", "faster-coco-eval"), ("torch/", "torch"), ("numpy/", "numpy"),
+                      ("PIL/", "PIL")):
         if key in path:
             return name
+    if path.startswith(("study/", "models/")) or f"{REPO}/" in path:
+        return "this project"
     return "other"
+
+
+# Our functions that mark what a sample of the trial loop is doing, outermost first.
+PHASES = (("DataLoader", "data loading"), ("_MultiProcessingDataLoaderIter", "data loading"),
+          ("_SingleProcessDataLoaderIter", "data loading"), ("train_step", "training step"),
+          ("predict", "evaluation: inference"), ("coco_metrics", "evaluation: COCOeval"),
+          ("save (", "checkpoint"), ("_log (", "metric log"))
+
+
+def phase(frames: list[str]) -> str:
+    for frame in frames:
+        for marker, name in PHASES:
+            if frame.startswith(marker) or f" {marker}" in frame or frame.startswith(marker.split(" (")[0] + " ("):
+                return name
+    return "loop: the rest"
 
 
 def main() -> None:
@@ -61,29 +79,37 @@ def main() -> None:
                         "--", sys.executable, __file__, "--loop", "--iters", str(args.iters)],
                        check=True, capture_output=True)
         stacks = [line.rsplit(" ", 1) for line in raw.read_text().splitlines() if line.strip()]
-    by_owner: collections.Counter[str] = collections.Counter()
-    by_frame: collections.Counter[str] = collections.Counter()
+    phases: collections.Counter[str] = collections.Counter()
+    step_owner: collections.Counter[str] = collections.Counter()
     ours: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = in_loop = 0
     for stack, count in stacks:
-        frames = stack.split(";")
-        n = int(count)
+        frames, n = stack.split(";"), int(count)
         total += n
-        by_owner[owner(frames[-1])] += n
-        by_frame[frames[-1]] += n
-        for frame in reversed(frames):  # the innermost frame of our own code on the stack
-            if owner(frame).endswith("(ours)"):
+        at = next((i for i, f in enumerate(frames) if f.startswith("train_trial (")), None)
+        if at is None:
+            continue  # start-up: imports, data generation, model building
+        in_loop += n
+        inner = frames[at + 1:]
+        what = phase(inner)
+        phases[what] += n
+        if what == "training step":
+            step_owner[owner(frames[-1])] += n
+        for frame in reversed(inner):  # the innermost frame of this project's code on the stack
+            if owner(frame) == "this project":
                 ours[frame] += n
                 break
-    print(f"{total} samples; innermost frame's owner:")
-    for name, n in by_owner.most_common():
-        print(f"  {100 * n / total:5.1f}%  {name}")
-    print("top innermost frames:")
-    for frame, n in by_frame.most_common(12):
-        print(f"  {100 * n / total:5.1f}%  {frame}")
-    print("our frames nearest to where the time is spent (inclusive of what they call):")
-    for frame, n in ours.most_common(12):
-        print(f"  {100 * n / total:5.1f}%  {frame}")
+    print(f"{total} samples, {in_loop} inside train_trial ({100 * in_loop / total:.0f}%; the rest is start-up)")
+    print("inside the trial loop:")
+    for name, n in phases.most_common():
+        print(f"  {100 * n / in_loop:5.1f}%  {name}")
+    step = phases["training step"] or 1
+    print("inside the training step, by the owner of the innermost frame:")
+    for name, n in step_owner.most_common():
+        print(f"  {100 * n / step:5.1f}%  {name}")
+    print("this project's innermost frames on the stack (inclusive of what they call):")
+    for frame, n in ours.most_common(10):
+        print(f"  {100 * n / in_loop:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":

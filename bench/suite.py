@@ -8,15 +8,15 @@ process, one after another, on this machine, so the ratios hold on a noisy machi
 Parts:
   overhead  iterations/s of one trial's training loop (tiny profile, batch 4, one thread per
             process, after warm-up): a plain PyTorch loop written here in the shape of
-            torchvision's reference `train_one_epoch`, `study.trial.train_trial` in this process,
-            and the same under Ray Train with 1 and 2 workers
+            torchvision's reference `train_one_epoch`, `study.trial.train_trial` without Ray, and
+            the same under Ray Train with 1 and 2 workers; each in a fresh process, 2 rounds
   loader    the COCO data layer (decode, resize, flip, masks) per batch, in the loop's process and
             with 2 loader processes, against the training step alone
   forking   a 3-schedule grid with forking on and off: iterations trained, wall time, and whether
             every schedule's metrics agree
   eval      COCOeval of a few hundred images, bbox and segm: pycocotools against faster-coco-eval
-  ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run (its
-            health-check interval at our 0.25 s and at Ray's 2 s default)
+  ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run with a
+            trivial loop (median of 3; its health-check interval at our 0.25 s and at Ray's 2 s)
   study     (with --study RUN_DIR) a finished `study run`'s phases and its trials' train / eval /
             overhead split, from its run.json and metric logs
 """
@@ -67,6 +67,21 @@ def _steady(rows: list[dict[str, Any]]) -> float:
     return statistics.median(r["images_per_s"] for r in rows[1:]) / BATCH
 
 
+def _model_and_optimizer(num_classes: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The trial's model (tiny profile, scratch init, seed 0) in train mode and its SGD."""
+    from models.init import init_scratch
+    from models.mask_rcnn import build_mask_rcnn
+    from models.norms import parameter_groups
+
+    torch.manual_seed(0)
+    model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=num_classes, profile="tiny",
+                            min_size=64, max_size=64)
+    init_scratch(model)
+    model.train()
+    return model, torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
+                                  lr=0.02, momentum=0.9)
+
+
 # --- overhead ------------------------------------------------------------------------------------
 
 
@@ -74,22 +89,13 @@ def plain_loop(data_root: Path) -> float:
     """torchvision's reference train_one_epoch, reduced to one process: iterations/s after warm-up."""
     from torch.utils.data import DataLoader
 
-    from models.init import init_scratch
-    from models.mask_rcnn import build_mask_rcnn
-    from models.norms import parameter_groups
     from study.data.coco import collate
     from study.data.sampling import IterationBatchSampler
     from study.trial import trial_datasets
 
     cfg = _cfg()
     train, _ = trial_datasets(cfg, _trial(), data_root)
-    torch.manual_seed(0)
-    model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=train.split.num_classes,
-                            profile="tiny", min_size=64, max_size=64)
-    init_scratch(model)
-    model.train()
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                lr=0.02, momentum=0.9)
+    model, optimizer = _model_and_optimizer(train.split.num_classes)
     sampler = IterationBatchSampler(len(train), BATCH, seed=0, start_iter=0, max_iter=WINDOW * WINDOWS)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     rates, tick = [], time.perf_counter()
@@ -108,32 +114,57 @@ def plain_loop(data_root: Path) -> float:
     return statistics.median(rates[1:])
 
 
-def overhead(work: Path) -> dict[str, Any]:
-    import ray
+VARIANTS = ("plain_loop", "train_trial", "ray_train_1w", "ray_train_2w")
 
+
+def run_variant(variant: str, work: Path) -> float:
+    """One variant, in this (fresh) process: steady iterations/s."""
     from study.trainer import run_trial_on_ray
-    from study.trial import read_metrics, split_paths, train_trial
+    from study.trial import read_metrics, train_trial
 
     torch.set_num_threads(1)  # as in a 1-CPU Ray worker
-    data = work / "data"
-    split_paths(_cfg(), data)  # generated once, before any timing
-    out: dict[str, Any] = {}
-    start = time.perf_counter()
-    out["plain_loop_it_s"] = plain_loop(data)
-    out["plain_loop_wall_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train_trial(_cfg(), _trial(), out_dir=work / "inproc", data_root=data)
-    out["train_trial_it_s"] = _steady(read_metrics(work / "inproc"))
-    out["train_trial_wall_s"] = time.perf_counter() - start
-    for workers in (1, 2):
-        start = time.perf_counter()
-        run_trial_on_ray(_cfg(workers=workers), _trial(), out_dir=work / f"ray{workers}", data_root=data)
-        out[f"ray_train_{workers}w_it_s"] = _steady(read_metrics(work / f"ray{workers}"))
-        out[f"ray_train_{workers}w_wall_s"] = time.perf_counter() - start
-    ray.shutdown()
-    base = out["plain_loop_it_s"]
-    for key in ("train_trial", "ray_train_1w", "ray_train_2w"):
-        out[f"{key}_vs_plain"] = out[f"{key}_it_s"] / base
+    data, out = work / "data", work / variant
+    if variant == "plain_loop":
+        return plain_loop(data)
+    if variant == "train_trial":
+        train_trial(_cfg(), _trial(), out_dir=out, data_root=data)
+    else:
+        workers = int(variant[len("ray_train_")])
+        run_trial_on_ray(_cfg(workers=workers), _trial(), out_dir=out, data_root=data,
+                         storage=work / f"{variant}_train")  # its own Train run, never a resume
+    return _steady(read_metrics(out))
+
+
+def overhead(work: Path) -> dict[str, Any]:
+    """Every variant in a fresh process with the same environment (OMP_NUM_THREADS=1), in
+    `ROUNDS` interleaved rounds; each variant's rate is the median over rounds."""
+    from study.trial import split_paths
+
+    split_paths(_cfg(), work / "data")  # generated once, before any timing
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ro", dir="/tmp")}
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_ in range(ROUNDS):
+        for variant in VARIANTS:
+            folder = work / f"round{round_}"
+            folder.mkdir(exist_ok=True)
+            if not (folder / "data").exists():
+                (folder / "data").symlink_to(work / "data")
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--variant", variant, str(folder)], env=env,
+                                  capture_output=True, text=True, timeout=900)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                raise RuntimeError(f"{variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            rates[variant].append(float(lines[-1][7:]))
+            walls[variant].append(time.perf_counter() - start)
+    out: dict[str, Any] = {"rounds": ROUNDS, "iterations_per_run": WINDOW * WINDOWS, "batch": BATCH}
+    for variant in VARIANTS:
+        out[f"{variant}_it_s"] = statistics.median(rates[variant])
+        out[f"{variant}_it_s_runs"] = [round(r, 3) for r in rates[variant]]
+        out[f"{variant}_wall_s"] = statistics.median(walls[variant])
+    for variant in VARIANTS[1:]:
+        out[f"{variant}_vs_plain"] = out[f"{variant}_it_s"] / out["plain_loop_it_s"]
     return out
 
 
@@ -143,9 +174,6 @@ def overhead(work: Path) -> dict[str, Any]:
 def loader(work: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from models.init import init_scratch
-    from models.mask_rcnn import build_mask_rcnn
-    from models.norms import parameter_groups
     from study.data.coco import collate
     from study.data.sampling import IterationBatchSampler
     from study.engine import train_step
@@ -153,7 +181,7 @@ def loader(work: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     train, _ = trial_datasets(_cfg(), _trial(), work / "data")
-    n = 60
+    n = 16 if QUICK else 60
     out: dict[str, Any] = {}
     for workers in (0, 2):
         sampler = IterationBatchSampler(len(train), BATCH, seed=0, start_iter=0, max_iter=n)
@@ -161,19 +189,14 @@ def loader(work: Path) -> dict[str, Any]:
         start = time.perf_counter()
         batches = list(dl)
         out[f"loader_{workers}proc_ms_per_batch"] = 1000 * (time.perf_counter() - start) / n
-    torch.manual_seed(0)
-    model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=train.split.num_classes,
-                            profile="tiny", min_size=64, max_size=64)
-    init_scratch(model)
-    model.train()
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                lr=0.02, momentum=0.9)
-    for images, targets in batches[:10]:  # warm-up
+    model, optimizer = _model_and_optimizer(train.split.num_classes)
+    warm = n // 6
+    for images, targets in batches[:warm]:  # warm-up
         train_step(model, images, targets, optimizer)
     start = time.perf_counter()
-    for images, targets in batches[10:]:
+    for images, targets in batches[warm:]:
         train_step(model, images, targets, optimizer)
-    out["step_ms"] = 1000 * (time.perf_counter() - start) / (n - 10)
+    out["step_ms"] = 1000 * (time.perf_counter() - start) / (n - warm)
     out["loader_share_in_process"] = out["loader_0proc_ms_per_batch"] / (
         out["loader_0proc_ms_per_batch"] + out["step_ms"])
     return out
@@ -263,17 +286,22 @@ def evaluation(work: Path) -> dict[str, Any]:
     from study.data.synthetic import SynthSpec, write_synthetic
     from study.evaluation import BACKENDS, evaluate_coco
 
-    paths = write_synthetic(work / "evalset", SynthSpec(train_images=1, val_images=300, image_size=64, seed=3))
+    paths = write_synthetic(work / "evalset", SynthSpec(train_images=1, val_images=40 if QUICK else 300,
+                                                        image_size=64, seed=3))
     gt = load_coco(paths.val_annotations, paths.val_images).coco
     dets = detections(gt)
     out: dict[str, Any] = {"images": len(gt.imgs), "instances": len(gt.dataset["annotations"]),
                            "detections": len(dets)}
-    results = {}
+    results, times = {}, {b: [] for b in BACKENDS}
     for backend in BACKENDS:
         evaluate_coco(gt, dets, "bbox", backend=backend)  # warm-up (imports, index building)
-        start = time.perf_counter()
-        results[backend] = {iou: evaluate_coco(gt, dets, iou, backend=backend) for iou in ("bbox", "segm")}
-        out[f"{backend}_s"] = time.perf_counter() - start
+    for _ in range(3):  # interleaved; the fastest of 3 for each
+        for backend in BACKENDS:
+            start = time.perf_counter()
+            results[backend] = {iou: evaluate_coco(gt, dets, iou, backend=backend) for iou in ("bbox", "segm")}
+            times[backend].append(time.perf_counter() - start)
+    for backend in BACKENDS:
+        out[f"{backend}_s"] = min(times[backend])
     a, b = results.values()
     out["max_ap_difference"] = max(abs(a[iou][k] - b[iou][k]) for iou in a for k in a[iou])
     out["bbox_AP"], out["segm_AP"] = a["bbox"]["AP"], a["segm"]["AP"]
@@ -311,10 +339,13 @@ for reuse in (True, False):
                run_config=tune.RunConfig(storage_path=sys.argv[2], name=f"tune_{reuse}", verbose=0)).fit()
     out[f"tune_trial_s_reuse_{reuse}"] = (time.perf_counter() - start) / 8
 for workers in (1, 2):
-    start = time.perf_counter()
-    TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=workers),
-                 run_config=ray.train.RunConfig(storage_path=sys.argv[2], name=f"train_{workers}")).fit()
-    out[f"ray_train_{workers}w_run_s"] = time.perf_counter() - start
+    runs = []
+    for rep in range(3):
+        start = time.perf_counter()
+        TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=workers),
+                     run_config=ray.train.RunConfig(storage_path=sys.argv[2], name=f"train_{workers}_{rep}")).fit()
+        runs.append(time.perf_counter() - start)
+    out[f"ray_train_{workers}w_run_s"] = sorted(runs)[1]  # the median of 3
 ray.shutdown()
 print("RESULT " + json.dumps(out))
 """
@@ -377,6 +408,9 @@ def study_breakdown(run_dir: Path) -> dict[str, Any]:
 # --- the table -----------------------------------------------------------------------------------
 
 
+QUICK = False  # --quick: smaller sizes, for the test that keeps this script working
+ROUNDS = 2
+
 PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs}
 
 
@@ -387,7 +421,14 @@ def main() -> None:
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
     p.add_argument("--study", type=Path, default=None, help="a finished study run to break down")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suite.json")
+    p.add_argument("--quick", action="store_true", help="smaller sizes: checks that it runs, measures little")
+    p.add_argument("--variant", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # overhead's child
     args = p.parse_args()
+    if args.variant:
+        print(f"RESULT {run_variant(args.variant[0], Path(args.variant[1]))}")
+        return
+    global QUICK
+    QUICK = args.quick
     chosen = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(chosen) - set(PARTS)
     if unknown:

@@ -37,3 +37,19 @@ def test_the_gpu_trial_script_resumes_exactly_on_the_cpu() -> None:
     assert last.startswith("trial scratch_2x_n16_lr0.01_s0 on CPU: largest |straight - resumed| "), last
     assert last.endswith("loss 0, loss_classifier 0, loss_mask 0, bbox_AP 0, segm_AP 0"), last
     assert out.stdout.count(" finished ") == 2
+
+
+def test_the_benchmark_suite_runs(tmp_path) -> None:
+    """bench/suite.py --quick on its cheap parts: the table and the JSON come out, with the
+    evaluation backends agreeing."""
+    import json
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader", "--quick",
+                          "--out", str(tmp_path / "suite.json")], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "suite.json").read_text())
+    assert set(report["parts"]) == {"eval", "loader"} and report["machine"]["cpus"] >= 1
+    assert report["parts"]["eval"]["max_ap_difference"] < 1e-4 and report["parts"]["eval"]["images"] == 40
+    assert report["parts"]["loader"]["step_ms"] > 0
+    assert "eval       speedup" in out.stdout

@@ -100,16 +100,17 @@ def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path, monkey
     from study.driver import run_study
 
     cfg = load_study(SMOKE)
-    cfg = dataclasses.replace(cfg, name="smoke2w", resources=dataclasses.replace(cfg.resources, workers=2))
+    cfg = dataclasses.replace(cfg, name="smoke2w", resources=dataclasses.replace(cfg.resources, workers=2),
+                              grid=dataclasses.replace(cfg.grid, init=("scratch",)))  # one lineage: trunk + branch
     monkeypatch.setenv("STUDY_LOCAL_DIR", str(tmp_path / "node"))
     try:
         grid = run_study(cfg, storage=f"file://{tmp_path}", verbose=0)
     finally:
         ray.shutdown()
-    assert len(grid) == 4 and not grid.errors
+    assert len(grid) == 2 and not grid.errors
     assert all(r.metrics["status"] == "finished" for r in grid)  # forwarded by TuneReportCallback
     df = load_results(tmp_path / "smoke2w")
-    assert (final_rows(df)["status"] == "finished").all() and df["trial"].nunique() == 4
+    assert (final_rows(df)["status"] == "finished").all() and df["trial"].nunique() == 2
     runs = sorted(p.name for p in (tmp_path / "smoke2w" / "train_runs").iterdir())
     assert runs == sorted(df["trial"].unique())  # one Ray Train run per trial
     for branch in df.loc[df["schedule"] == 1, "trial"].unique():
