@@ -212,9 +212,9 @@ def _analyze(run_dir: Path, out: Path, tol: float = 0.5, shown: str | None = Non
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
-        root, _, name = args.run_dir.split("?", 1)[0].rstrip("/").rpartition("/")
-        query = args.run_dir[len(args.run_dir.split("?", 1)[0]):]
-        store = Store(root + query)
+        location, mark, query = args.run_dir.partition("?")
+        root, _, name = location.rstrip("/").rpartition("/")
+        store = Store(root + mark + query)  # the parent keeps the URI's query (endpoint, ...)
         if not store.listdir(f"{name}/trials"):
             raise ConfigError("RUN_DIR", f"{args.run_dir} is not a study run (no trials/ in it)")
         out = (args.out or Path(f"{name}-report")).resolve()

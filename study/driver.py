@@ -36,7 +36,7 @@ from study.plan import plan_study, size_from_label
 from study.searcher import METRIC, MODE, StudySearcher
 from study.preflight import check_study_data
 from study.storage import TRIAL_FILES, RunLock, Store, pull_files, pusher
-from study.trial import Trial, split_paths, train_trial, trial_device
+from study.trial import Trial, train_trial, trial_device
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # see study/trainer.py
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -150,17 +150,15 @@ def node_dir(kind: str) -> Path:
 
 
 def prepare(cfg: StudyConfig, store: Store) -> tuple[str | None, bool]:
-    """Make what every trial shares, in the driver, before any trial starts: the synthetic set
-    (if the study uses it) and the pre-trained backbone (if a trial needs one). Returns the
-    weights for init 'pretrained' and whether that is a path in the store (a URI store: the
-    backbone is pushed there, and each trial pulls it)."""
+    """Make the pre-trained backbone every pretrained trial loads, in the driver, before any trial
+    starts (the data were made and checked by `check_study_data`). Returns the weights for init
+    'pretrained' and whether that is a path in the store (a URI store: the backbone is pushed
+    there, and each trial pulls it)."""
     from study.pretrain import cached_checkpoint_path, study_weights
 
     if not store.remote:
-        split_paths(cfg, store.local("data"))
         weights = study_weights(cfg, store.local("")) if "pretrained" in cfg.grid.init else None
         return weights or cfg.model.pretrained_weights, False
-    split_paths(cfg, node_dir("data"))  # fail early on bad data, here rather than in every trial
     if "pretrained" not in cfg.grid.init or cfg.model.pretrained_weights is not None:
         return cfg.model.pretrained_weights, False  # a user's file: it must exist on every node
     cache = node_dir("pretrained")

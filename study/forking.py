@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from study.trial import Trial, read_metrics, trial_row
+from study.trial import Trial, read_metrics, trial_row, write_metrics
 
 TrunkState = Literal["ready", "diverged", "failed", "pending"]
 FAILED_MARKER = "failed.txt"  # written by a trunk whose trial raised; holds the error
@@ -59,9 +59,7 @@ def start_branch(trunk_dir: str | Path, branch_dir: str | Path, fork_iter: int,
         raise RuntimeError(f"branch {branch.name()} cannot start: its trunk {trunk_dir} is {state}")
     (branch_dir / "fork.json").write_text(json.dumps({"trunk": Path(trunk_dir).name,
                                                       "iteration": fork_iter, "trunk_state": state}))
-    tmp = branch_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, branch_dir / "metrics.jsonl")
+    write_metrics(branch_dir, rows)
     if state == "ready":  # the checkpoint last: its presence means the folder is complete
         shutil.copyfile(fork_file(trunk_dir, fork_iter), branch_dir / "checkpoint.pt.tmp")
         os.replace(branch_dir / "checkpoint.pt.tmp", branch_dir / "checkpoint.pt")

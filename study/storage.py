@@ -16,9 +16,15 @@ same URIs through the same library.
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -188,9 +194,6 @@ class RunLock:
         self._stop = None
 
     def _holder(self) -> dict:
-        import datetime
-        import socket
-
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "since": datetime.datetime.now().isoformat(timespec="seconds")}
 
@@ -201,11 +204,6 @@ class RunLock:
                                     f"({holder}); wait for it to finish, or choose another --name")
 
     def __enter__(self) -> RunLock:
-        import fcntl
-        import json
-        import threading
-        import time
-
         if not self.store.remote:
             path = self.store.local(f"{self.name}/.lock")
             path.parent.mkdir(parents=True, exist_ok=True)

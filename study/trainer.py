@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def _worker(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 resume_from = shutil.copy(Path(d) / "checkpoint.pt", Path(scratch) / "resume.pt")
 
-        out_dir, weights, sync = config["out_dir"], config["pretrained_weights"], None
+        out_dir, weights = config["out_dir"], config["pretrained_weights"]
+        sync: Callable[[Path], None] = lambda _path: None
         if config["store"] is not None:  # shared storage is a URI: this node works in `scratch`
             store_root, rel, weights_rel = config["store"]
             store, out_dir = Store(store_root), Path(scratch) / "trial"
@@ -58,7 +60,7 @@ def _worker(config: dict[str, Any]) -> None:
                     pretrained_weights=weights, rank=ctx.get_world_rank(),
                     world_size=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
                     report=report, resume_from=resume_from, fork_at=config["fork_at"],
-                    device=ray.train.torch.get_device(), **({"sync": sync} if sync else {}))
+                    device=ray.train.torch.get_device(), sync=sync)
 
 
 def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,

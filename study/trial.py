@@ -278,10 +278,15 @@ def _truncate_metrics(out_dir: Path, iteration: int) -> bool:
     kept = [r for r in rows if r["iteration"] <= iteration]
     if len(kept) == len(rows):
         return False
-    tmp = out_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, out_dir / "metrics.jsonl")
+    write_metrics(out_dir, kept)
     return True
+
+
+def write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the trial's metric log with `rows`, atomically."""
+    tmp = out_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out_dir / "metrics.jsonl")
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
