@@ -3,7 +3,7 @@
 Trains Mask R-CNN R50-FPN with GroupNorm (the paper profile, images resized to 800 x 1333) from
 scratch on generated tensors (textured noise with 1-4 rectangular instances per image, masks and
 boxes consistent) for a few iterations, with what a GPU trial uses: bf16 autocast, SGD as in
-`study.trial`. Prints seconds per iteration, images/s and peak GPU memory. Compare with
+`study.train.loop`. Prints seconds per iteration, images/s and peak GPU memory. Compare with
 Detectron2's published 0.338 s/iter for scratch R50-FPN GN (8 V100, 2 images per GPU).
 
 `--norm syncbn` trains the SyncBN variant the way a multi-GPU trial does: BatchNorm converted to
@@ -29,7 +29,7 @@ import torch
 from models.init import init_scratch
 from models.mask_rcnn import build_mask_rcnn
 from models.norms import convert_sync_batchnorm, parameter_groups
-from study.engine import train_step
+from study.train.steps import train_step
 
 
 def batch(n: int, height: int, width: int, num_classes: int, gen: torch.Generator,
@@ -82,7 +82,7 @@ def main() -> None:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: torch.nn.Module = model
-    if args.norm == "syncbn":  # what study.trainer does on every worker of a multi-GPU trial
+    if args.norm == "syncbn":  # what study.train.loop does on every worker of a multi-GPU trial
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
         torch.distributed.init_process_group("nccl", rank=0, world_size=1)

@@ -1,6 +1,6 @@
 """One real trial of the smoke study on this machine's GPU, stopped halfway and resumed.
 
-What `bench/gpu_check.py` does not touch: `study.trial.train_trial` itself on CUDA, i.e. the
+What `bench/gpu_check.py` does not touch: `study.train.loop.train_trial` itself on CUDA, i.e. the
 synthetic COCO set through the pinned-memory DataLoader, bf16 autocast, evaluation (COCO bbox and
 mask AP) on the GPU, and a checkpoint that carries the CUDA RNG state. The same trial runs twice:
 straight through, and stopped at the middle evaluation then resumed from its checkpoint; both
@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from study.config import load_study
-from study.trial import Trial, train_trial, trial_device
+from study.plan.trials import Size, Trial
+from study.train.build import trial_device
+from study.train.loop import train_trial
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("loss", "loss_classifier", "loss_mask", "bbox_AP", "segm_AP")
@@ -45,7 +47,7 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, gpus_per_worker=gpus))
     device = trial_device(cfg)
     trial = Trial(init="scratch", schedule=max(cfg.grid.schedule), base_lr=cfg.solver.base_lr,
-                  seed=0, train_images=cfg.grid.train_images[0] if cfg.grid.train_images else "full")
+                  seed=0, size=Size(cfg.grid.train_images[0] if cfg.grid.train_images else "full"))
     histories: dict[str, list[dict]] = {}
     stop = 0
     with tempfile.TemporaryDirectory() as tmp:

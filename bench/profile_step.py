@@ -25,13 +25,15 @@ def loop(iters: int) -> None:
     from suite import TINY  # the same tiny-profile trial as the overhead benchmark
 
     from study.config import study_from_dict
-    from study.trial import Trial, split_paths, train_trial
+    from study.plan.trials import Size, Trial
+    from study.train.build import split_paths
+    from study.train.loop import train_trial
 
     torch.set_num_threads(1)
     cfg = study_from_dict({**TINY, "solver": {**TINY["solver"], "unit_iters": iters, "eval_period": iters // 2}})
     with tempfile.TemporaryDirectory() as tmp:
         split_paths(cfg, Path(tmp) / "data")
-        train_trial(cfg, Trial(init="scratch", schedule=1, base_lr=0.02, seed=0, train_images=200),
+        train_trial(cfg, Trial(init="scratch", schedule=1, base_lr=0.02, seed=0, size=Size(200)),
                     out_dir=Path(tmp) / "t", data_root=Path(tmp) / "data")
 
 

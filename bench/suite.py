@@ -8,7 +8,7 @@ process, one after another, on this machine, so the ratios hold on a noisy machi
 Parts:
   overhead  iterations/s of one trial's training loop (tiny profile, batch 4, one thread per
             process, after warm-up): a plain PyTorch loop written here in the shape of
-            torchvision's reference `train_one_epoch`, `study.trial.train_trial` without Ray, and
+            torchvision's reference `train_one_epoch`, `study.train.loop.train_trial` without Ray, and
             the same under Ray Train with 1 and 2 workers; each in a fresh process, 2 rounds
   loader    the COCO data layer (decode, resize, flip, masks) per batch, in the loop's process and
             with 2 loader processes, against the training step alone
@@ -57,9 +57,9 @@ def _cfg(**resources: Any):
 
 
 def _trial():
-    from study.trial import Trial
+    from study.plan.trials import Size, Trial
 
-    return Trial(init="scratch", schedule=1, base_lr=0.02, seed=0, train_images=200)
+    return Trial(init="scratch", schedule=1, base_lr=0.02, seed=0, size=Size(200))
 
 
 def _steady(rows: list[dict[str, Any]]) -> float:
@@ -91,10 +91,10 @@ def plain_loop(data_root: Path) -> float:
 
     from study.data.coco import collate
     from study.data.sampling import IterationBatchSampler
-    from study.trial import trial_datasets
+    from study.train.build import trial_datasets
 
     cfg = _cfg()
-    train, _ = trial_datasets(cfg, _trial(), data_root)
+    train, _ = trial_datasets(cfg, _trial().size, data_root)
     model, optimizer = _model_and_optimizer(train.split.num_classes)
     sampler = IterationBatchSampler(len(train), BATCH, seed=0, start_iter=0, max_iter=WINDOW * WINDOWS)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=0)
@@ -119,8 +119,9 @@ VARIANTS = ("plain_loop", "train_trial", "ray_train_1w", "ray_train_2w")
 
 def run_variant(variant: str, work: Path) -> float:
     """One variant, in this (fresh) process: steady iterations/s."""
-    from study.trainer import run_trial_on_ray
-    from study.trial import read_metrics, train_trial
+    from study.tune.jobs import run_trial_on_ray
+    from study.layout import read_metrics
+    from study.train.loop import train_trial
 
     torch.set_num_threads(1)  # as in a 1-CPU Ray worker
     data, out = work / "data", work / variant
@@ -138,7 +139,7 @@ def run_variant(variant: str, work: Path) -> float:
 def overhead(work: Path) -> dict[str, Any]:
     """Every variant in a fresh process with the same environment (OMP_NUM_THREADS=1), in
     `ROUNDS` interleaved rounds; each variant's rate is the median over rounds."""
-    from study.trial import split_paths
+    from study.train.build import split_paths
 
     split_paths(_cfg(), work / "data")  # generated once, before any timing
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ro", dir="/tmp")}
@@ -176,11 +177,11 @@ def loader(work: Path) -> dict[str, Any]:
 
     from study.data.coco import collate
     from study.data.sampling import IterationBatchSampler
-    from study.engine import train_step
-    from study.trial import trial_datasets
+    from study.train.steps import train_step
+    from study.train.build import trial_datasets
 
     torch.set_num_threads(1)
-    train, _ = trial_datasets(_cfg(), _trial(), work / "data")
+    train, _ = trial_datasets(_cfg(), _trial().size, work / "data")
     n = 16 if QUICK else 60
     out: dict[str, Any] = {}
     for workers in (0, 2):
@@ -221,10 +222,10 @@ def forking(work: Path) -> dict[str, Any]:
     import ray
 
     from study.config import study_from_dict
-    from study.driver import run_study
-    from study.plan import plan_study
-    from study.results import load_results
-    from study.trial import TIMING_COLUMNS
+    from study.tune.driver import run_study
+    from study.plan.budget import plan_study
+    from study.analysis.results import load_results
+    from study.train.loop import TIMING_COLUMNS
 
     cfg = study_from_dict(FORK_SPACE)
     out: dict[str, Any] = {}
@@ -262,7 +263,7 @@ def detections(coco_gt, seed: int = 0) -> list[dict[str, Any]]:
     pixel, a random score, plus one false positive per image."""
     import numpy as np
 
-    from study.evaluation import masks_to_rle
+    from study.train.evaluation import masks_to_rle
 
     rng = np.random.default_rng(seed)
     dets = []
@@ -284,7 +285,7 @@ def detections(coco_gt, seed: int = 0) -> list[dict[str, Any]]:
 def evaluation(work: Path) -> dict[str, Any]:
     from study.data.coco import load_coco
     from study.data.synthetic import SynthSpec, write_synthetic
-    from study.evaluation import BACKENDS, evaluate_coco
+    from study.train.evaluation import BACKENDS, evaluate_coco
 
     paths = write_synthetic(work / "evalset", SynthSpec(train_images=1, val_images=40 if QUICK else 300,
                                                         image_size=64, seed=3))
@@ -375,7 +376,7 @@ def study_breakdown(run_dir: Path) -> dict[str, Any]:
     """Where a finished study's wall time went: its phases (run.json), and inside the trials'
     phase, training, evaluation and the rest (Ray, waiting for forks, process start), summed over
     trials from their metric logs (training time: each window's iterations at its images/s)."""
-    from study.results import load_results, run_config
+    from study.analysis.results import load_results, run_config
 
     info = json.loads((run_dir / "run.json").read_text())
     df = load_results(run_dir)
@@ -415,7 +416,7 @@ PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": eva
 
 
 def main() -> None:
-    from study.report import machine
+    from study.tune.driver import machine
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")

@@ -26,7 +26,7 @@ from models.norms import parameter_groups
 from study.data.coco import InstanceDataset, collate, load_coco
 from study.data.sampling import IterationBatchSampler
 from study.data.synthetic import SynthSpec, write_synthetic
-from study.engine import evaluate, train_step
+from study.train.steps import evaluate, train_step
 
 
 def run_arm(init: str, seed: int, args: argparse.Namespace, train: InstanceDataset,

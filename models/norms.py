@@ -3,7 +3,7 @@
 - gn: GroupNorm with 32 groups (Wu & He 2018; the paper's main setting).
 - syncbn: BatchNorm2d layers that the trainer converts to SyncBatchNorm (statistics over all
   GPUs) before wrapping in DDP; SyncBatchNorm does not run on CPU tensors, so this is refused
-  for CPU runs (RAY_NOTES §5).
+  for CPU runs (PyTorch's SyncBatchNorm supports only CUDA tensors).
 - bn: per-replica BatchNorm (what breaks scratch training at 2 images per GPU, paper §3.1).
 - frozen_bn: fixed affine statistics (torchvision's default for pretrained backbones); with a
   random-init backbone it disables normalisation altogether, one of the known pitfalls.

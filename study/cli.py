@@ -19,20 +19,16 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.choices import BACKBONES, NORMS
+from study import layout
 from study.config import PretrainConfig, StudyConfig, dump_study, load_study
 from study.errors import ConfigError, DataError
-from study.schedule import schedule_for
-from study.storage import Store, fetch_run, is_uri
-
-if TYPE_CHECKING:
-    from study.trial import Trial
+from study.plan.schedule import schedule_for
+from study.plan.trials import Size, Trial
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -66,7 +62,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         print("no problems found")
     if report.ok and args.self_eval and data is not None:
         from study.data.coco import index_coco
-        from study.evaluation import evaluate_coco, ground_truth_as_detections
+        from study.train.evaluation import evaluate_coco, ground_truth_as_detections
 
         coco = index_coco(data)
         dets = ground_truth_as_detections(coco)
@@ -87,7 +83,7 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from study.pretrain import run_pretrain
+    from study.tune.weights import run_pretrain
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     pcfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -103,55 +99,52 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _parse_trial(cfg: StudyConfig, assignments: list[str]) -> Trial:
     """A Trial from `key=value` pairs; unset keys take the grid's first value (LR: the first
     listed, or the geometric middle of an Optuna range)."""
-    from study.trial import Trial
-
     lr = cfg.lr.values[0] if cfg.lr.values else (cfg.lr.low * cfg.lr.high) ** 0.5  # type: ignore[operator]
+    size = (Size(train_images=cfg.grid.train_images[0]) if cfg.grid.train_images
+            else Size(train_images=None, data_fraction=cfg.grid.data_fraction[0]))
     fields: dict[str, object] = {"init": cfg.grid.init[0], "schedule": cfg.grid.schedule[0],
                                  "base_lr": lr, "seed": cfg.grid.seeds[0]}
-    if cfg.grid.train_images:
-        fields["train_images"] = cfg.grid.train_images[0]
-    else:
-        fields.update(train_images=None, data_fraction=cfg.grid.data_fraction[0])
-    kinds = {"init": str, "schedule": float, "base_lr": float, "seed": int, "data_fraction": float}
+    kinds = {"init": str, "schedule": float, "base_lr": float, "seed": int}
     for item in assignments:
         key, _, value = item.partition("=")
         if key == "train_images":
-            fields.update(train_images=value if value == "full" else int(value), data_fraction=None)
+            size = Size(train_images=value if value == "full" else int(value))
         elif key == "data_fraction":
-            fields.update(data_fraction=float(value), train_images=None)
+            size = Size(train_images=None, data_fraction=float(value))
         elif key in kinds:
             fields[key] = kinds[key](value)
         else:
             raise ConfigError("--set", f"{item!r}: expected KEY=VALUE with KEY one of "
-                                       f"{', '.join([*kinds, 'train_images'])}")
+                                       f"{', '.join([*kinds, 'data_fraction', 'train_images'])}")
     if fields["init"] not in ("scratch", "pretrained"):
         raise ConfigError("--set init", f"{fields['init']!r} is not valid: expected 'scratch' or 'pretrained'")
     schedule_for(float(fields["schedule"]), cfg.solver)  # type: ignore[arg-type]
-    return Trial(**fields)  # type: ignore[arg-type]
+    return Trial(**fields, size=size)  # type: ignore[arg-type]
 
 
 def _cmd_trial(args: argparse.Namespace) -> int:
-    from study.pretrain import study_weights
-    from study.trial import read_metrics, train_trial, trial_device
+    from study.train.build import trial_device
+    from study.train.loop import train_trial
+    from study.tune.weights import study_weights
 
     cfg = load_study(args.space)
     trial = _parse_trial(cfg, args.set)
     storage = args.storage.resolve()
-    out = storage / cfg.name / "trials" / trial.name()
+    out = storage / layout.trial_path(cfg.name, trial.name())
     weights = study_weights(cfg, storage) if trial.init == "pretrained" else cfg.model.pretrained_weights
     print(f"trial {trial.name()} -> {out}")
     if args.no_ray:
-        row = train_trial(cfg, trial, out_dir=out, data_root=storage / "data", pretrained_weights=weights,
+        row = train_trial(cfg, trial, out_dir=out, data_root=storage / layout.DATA, pretrained_weights=weights,
                           device=trial_device(cfg), report=lambda r, _c: print(_row_text(r)))
     else:
-        from study.trainer import run_trial_on_ray
+        from study.tune.jobs import run_trial_on_ray
 
-        result = run_trial_on_ray(cfg, trial, out_dir=out, data_root=storage / "data",
+        result = run_trial_on_ray(cfg, trial, out_dir=out, data_root=storage / layout.DATA,
                                   pretrained_weights=weights)
         row = result.metrics or {}
-        for r in read_metrics(out):
+        for r in layout.read_metrics(out):
             print(_row_text(r))
-    print(f"{row.get('status', '?')} at iteration {row.get('iteration', '?')}; metrics in {out / 'metrics.jsonl'}")
+    print(f"{row.get('status', '?')} at iteration {row.get('iteration', '?')}; metrics in {out / layout.METRICS}")
     return 0 if row.get("status") == "finished" else 1
 
 
@@ -164,76 +157,54 @@ DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import datetime
-    import json
+    from study.tune.driver import study_run
 
-    from study.driver import run_study
-    from study.report import RUN_INFO, machine
-
-    start, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec="seconds")
+    start = time.perf_counter()
     cfg = load_study(args.space)
     name = args.name or cfg.name
-    timings: dict[str, float] = {}
     try:
-        run_study(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
-                  forking=not args.no_fork, timings=timings)
+        run = study_run(cfg, storage=args.storage, name=name, address=args.address, resume=args.resume,
+                        forking=not args.no_fork)
     except ConfigError as e:  # a value of the study file (data paths, sizes): name the file
         raise (e.in_file(args.space) if e.file is None and e.key[:1].isalpha() else e) from None
-    store = Store(args.storage)
-
-    def run_info() -> None:
-        store.write_text(f"{name}/{RUN_INFO}", json.dumps({
-            "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "seconds": time.perf_counter() - start, "phases_s": timings, "machine": machine()}, indent=1))
-
-    run_info()  # the report reads it
-    tick = time.perf_counter()
-    if store.remote:  # analyse a local copy of the results, then put the report beside them
-        with tempfile.TemporaryDirectory() as tmp:
-            _analyze(fetch_run(store, name, Path(tmp) / name), Path(tmp) / "report",
-                     shown=store.uri(name, "report", "report.md"))
-            store.put_tree(Path(tmp) / "report", f"{name}/report")
-    else:
-        _analyze(store.local(name), store.local(name) / "report")
-    timings["analysis"] = time.perf_counter() - tick
-    run_info()
+    _print_summary(run.summary, run.report)
     print(f"study {name} done in {time.perf_counter() - start:.0f} s: "
-          + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in timings.items()))
+          + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in run.phases_s.items()))
     return 0
 
 
-def _analyze(run_dir: Path, out: Path, tol: float = 0.5, shown: str | None = None) -> None:
-    from study.report import write_report
-
-    report, summary = write_report(run_dir, out, tol=tol)  # reads the results once
+def _print_summary(summary: str, report: str) -> None:
     print(f"\n{summary}\n")
-    print(f"report: {shown or report} (and report.html, figures, results.parquet/.csv beside it)")
+    print(f"report: {report} (and report.html, figures, results.parquet/.csv beside it)")
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from study.tune.storage import is_uri, open_run
+
     if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
-        location, mark, query = args.run_dir.partition("?")
-        root, _, name = location.rstrip("/").rpartition("/")
-        store = Store(root + mark + query)  # the parent keeps the URI's query (endpoint, ...)
-        if not store.listdir(f"{name}/trials"):
-            raise ConfigError("RUN_DIR", f"{args.run_dir} is not a study run (no trials/ in it)")
+        from study.tune.driver import analyze_stored
+
+        store, name = open_run(args.run_dir)
         out = (args.out or Path(f"{name}-report")).resolve()
-        with tempfile.TemporaryDirectory() as tmp:
-            _analyze(fetch_run(store, name, Path(tmp) / name), out, tol=args.tol)
+        _print_summary(*analyze_stored(store, name, out=out, tol=args.tol))
         return 0
+    from study.analysis.report import write_report
+
     run_dir = Path(args.run_dir).resolve()
-    if not (run_dir / "trials").is_dir():
-        raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no trials/ folder): pass "
+    if not (run_dir / layout.TRIALS).is_dir():
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no {layout.TRIALS}/ folder): pass "
                                      "STORAGE/NAME, e.g. runs/default")
-    _analyze(run_dir, (args.out or run_dir / "report").resolve(), tol=args.tol)
+    report, summary = write_report(run_dir, (args.out or run_dir / layout.REPORT).resolve(), tol=args.tol)
+    _print_summary(summary, str(report))
     return 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from study.plan import format_plan, plan_study
+    from study.plan.budget import format_plan, plan_study
+    from study.train.state import checkpoint_bytes
 
     cfg = load_study(args.space)
-    print(format_plan(cfg, plan_study(cfg), s_per_iter=args.s_per_iter))
+    print(format_plan(cfg, plan_study(cfg), checkpoint_bytes=checkpoint_bytes(cfg), s_per_iter=args.s_per_iter))
     return 0
 
 
@@ -362,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = verbs.add_parser(
         "analyze", help="tables, figures and a report from a study run's stored results",
-        description="Read RUN_DIR/trials/*/metrics.jsonl (no Ray needed) and write report.md, a "
+        description=f"Read RUN_DIR/{layout.TRIALS}/*/{layout.METRICS} (no Ray needed) and write report.md, a "
                     "self-contained report.html, the figures and results.parquet/.csv; print the "
                     "summary. Works on a run still in progress (partial results, stated as such).")
     analyze.add_argument("run_dir", help="a study run: STORAGE/NAME, e.g. runs/default or s3://bucket/runs/NAME")

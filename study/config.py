@@ -93,7 +93,7 @@ class PretrainConfig:
     # The classifier's norm. Its convs load into a detector of any norm; its norm tensors only
     # into a detector whose norm has the same kind of statistics (BN-like or GN). Default bn:
     # on the synthetic set a GN classifier stays near chance for hundreds of iterations where a
-    # BN one learns (measured, issue #3); for ImageNet runs of the paper's GN arm, set gn.
+    # BN one learns (measured on 2 CPU cores); for ImageNet runs of the paper's GN arm, set gn.
     norm: Norm = "bn"
     image_size: int = 64
     epochs: float = 4.0
@@ -159,6 +159,21 @@ class SolverConfig:
         require(self.eval_period > 0, "eval_period", f"{self.eval_period!r} must be > 0")
         require(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm",
                  f"{self.clip_grad_norm!r} must be > 0, or null for no clipping")
+
+    def iterations(self, multiplier: float) -> tuple[int, tuple[int, ...]]:
+        """(max_iter, the iterations where the LR drops) of the `multiplier`x schedule: k x
+        unit_iters, each drop a fixed distance before the end (paper §4). A ConfigError if the
+        first drop would come before the end of warm-up (or below zero), which happens for
+        schedules shorter than the drops."""
+        max_iter = round(multiplier * self.unit_iters)
+        milestones = tuple(max_iter - d for d in self.drops_before_end)
+        if milestones and milestones[0] <= self.warmup_iters:
+            raise ConfigError("grid.schedule", (
+                f"{multiplier:g}x ends at iteration {max_iter}, so its first LR drop "
+                f"({self.drops_before_end[0]} before the end) falls at {milestones[0]}, not after "
+                f"the {self.warmup_iters}-iteration warm-up; use a longer schedule, or shorter "
+                "solver.drops_before_end"))
+        return max_iter, milestones
 
 
 @dataclass(frozen=True)
@@ -255,10 +270,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
                  f"{self.name!r} must be a non-empty folder name (no '/', not starting with '.')")
-        from study.schedule import schedule_for  # schedule math imports this module
-
         for multiplier in self.grid.schedule:
-            schedule_for(multiplier, self.solver)  # drops after warm-up, or a ConfigError
+            self.solver.iterations(multiplier)  # drops after warm-up, or a ConfigError
         if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
             raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
                               "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")
@@ -370,7 +383,7 @@ def load_study(path: str | Path) -> StudyConfig:
     """Load and validate a study YAML file; errors name the file, the key, the value, the choices.
 
     Relative data paths are resolved against the current directory and stored absolute, because
-    Ray workers change their working directory (RAY_NOTES §0).
+    Ray workers run in a working directory of their own.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small generated synthetic set and the real fruits_nuts set from ../shared."""
+"""Shared fixtures: a small generated synthetic set, the real fruits_nuts set beside the project,
+a tiny study config and trial that train in seconds, and an S3 stand-in."""
 
 from __future__ import annotations
 
@@ -6,10 +7,32 @@ from pathlib import Path
 
 import pytest
 
+from study.config import StudyConfig, study_from_dict
 from study.data.synthetic import SynthSpec, SyntheticPaths, write_synthetic
+from study.plan.trials import Size, Trial
 
 REPO = Path(__file__).resolve().parents[1]
 FRUITS = REPO.parent / "shared" / "data" / "fruits_nuts"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> StudyConfig:
+    """A study whose 1x is 8 iterations of 4 images at 64 px (ResNet-18 GN, tiny heads): a
+    trial trains in seconds on one CPU thread."""
+    return study_from_dict({
+        "name": "trial_smoke",
+        "data": {"synthetic": {"train_images": 24, "val_images": 6, "image_size": 64}},
+        "model": {"backbone": "resnet18", "norm": "gn", "profile": "tiny", "min_size": 64, "max_size": 64},
+        "solver": {"base_lr": 0.01, "ims_per_batch": 4, "unit_iters": 8, "drops_before_end": [4, 2],
+                   "warmup_iters": 2, "eval_period": 4},
+        "grid": {"schedule": [1]},
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_trial() -> Trial:
+    """Scratch, 1x, 16 training images, LR 0.01, seed 0."""
+    return Trial(init="scratch", schedule=1, base_lr=0.01, seed=0, size=Size(16))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ def _load() -> dict:
 
 
 def test_cluster_yaml_validates_with_rays_launcher_code() -> None:
-    from study.driver import TRAIN_DRIVER
+    from study.tune.driver import TRAIN_DRIVER
 
     cfg = prepare_config(_load())
     validate_config(cfg)
@@ -51,7 +51,7 @@ def test_the_cluster_installs_pinned_versions_of_what_the_tests_ran() -> None:
 
 def test_storage_and_dashboard_are_what_study_run_expects(monkeypatch: pytest.MonkeyPatch) -> None:
     from study.cli import build_parser
-    from study.storage import is_uri
+    from study.tune.storage import is_uri
 
     cfg = _load()
     exports = dict(re.findall(r"export (\w+)=(\S+)'", " ".join(cfg["setup_commands"])))

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from models.init import UnsafeCheckpoint, load_backbone, load_state_file
+from study.config import StudyConfig
+from study.plan.trials import Trial
+from study.train.loop import train_trial
 from tests.conftest import REPO
 
 
@@ -38,20 +41,17 @@ def test_every_load_goes_through_the_safe_loaders() -> None:
     # one torch.load in the project (load_state_file), weights only; no yaml.load; the one
     # pickle.load reads Tune's searcher state (Tune pickles searchers itself: trust your storage)
     assert calls == [("models/init.py", "torch", {"map_location": "cpu", "weights_only": True}),
-                     ("study/searcher.py", "pickle", {})]
+                     ("study/tune/searcher.py", "pickle", {})]
 
 
-def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
-    from tests.study.test_trial import SMOKE, TRIAL
-
-    from study.trial import train_trial
-
+def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                     tiny_trial: Trial) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "iteration": 0, "extra": Payload()}, evil)
     with pytest.raises(UnsafeCheckpoint, match=rf"{re.escape(str(evil))}: refused: it holds pickled Python objects"):
         load_state_file(evil)
     with pytest.raises(UnsafeCheckpoint):  # as a trial's checkpoint
-        train_trial(SMOKE, TRIAL, out_dir=tmp_path / "t", data_root=tmp_path, resume_from=evil)
+        train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "t", data_root=tmp_path, resume_from=evil)
     with pytest.raises(UnsafeCheckpoint):  # as pre-trained weights
         from models.mask_rcnn import build_mask_rcnn
 

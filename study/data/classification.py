@@ -7,7 +7,7 @@
   distribution than the detection set, as ImageNet differs from COCO: ten shape classes (the
   detection set has five), one object per image, off-centre, over a wide range of scales, on
   the same kind of shaded, blotchy, noisy backgrounds (a little calmer). Planning measurements
-  (issue #3) found that clean, centred shapes transfer nothing to detection; this harder,
+  (on 2 CPU cores) found that clean, centred shapes transfer nothing to detection; this harder,
   object-centric set is learnable in CPU minutes by a BatchNorm ResNet-18 (62.6% val accuracy,
   chance 10%, after 600 iterations of 64) and its convs speed up early detection training
   (bench/transfer.py).

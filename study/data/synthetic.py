@@ -266,7 +266,7 @@ def build_once(out: Path, spec: Any, build: Callable[[], None], *, force: bool =
     if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
         return False
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as lock:  # trials starting together on one node build it once
+    with open(out / "synth.lock", "w") as lock:  # trials starting together on one node build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
             return False  # another process built it while this one waited

@@ -15,7 +15,7 @@ from study.data.coco import load_coco
 
 
 def _broken_fruits(fruits: Path, out: Path) -> tuple[Path, Path]:
-    """A copy of fruits_nuts with one of each problem the Done-when of issue 2 names, and more."""
+    """A copy of fruits_nuts with one of each problem `study data check` must name, and more."""
     images = out / "images"
     shutil.copytree(fruits / "images", images)
     data = json.loads((fruits / "annotations.json").read_text())

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from study.data.coco import InstanceDataset, collate, load_coco, resized_shape
 from study.data.sampling import IterationBatchSampler, nested_subset
-from study.evaluation import evaluate_coco, masks_to_rle
+from study.train.evaluation import evaluate_coco, masks_to_rle
 
 
 def _mask_box(mask: torch.Tensor) -> list[float]:

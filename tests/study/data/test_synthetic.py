@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 from study.cli import main
 from study.data.coco import InstanceDataset, annotation_mask, load_coco
 from study.data.synthetic import CLASSES, SynthSpec, write_synthetic
-from study.evaluation import evaluate_coco, ground_truth_as_detections
+from study.train.evaluation import evaluate_coco, ground_truth_as_detections
 
 
 def test_is_a_real_coco_file_with_ap_100(synthetic) -> None:

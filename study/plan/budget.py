@@ -1,0 +1,100 @@
+"""What a study costs, as pure arithmetic: cells, trials, lineages, iterations and checkpoint files.
+
+Forking (see `study.plan.trials`) trains each lineage's longest schedule once and every shorter
+one only from its fork point. For the paper's 1x..6x (90k unit, first drop 60k before the end)
+that is 540k + 5 x 60k = 840k iterations per lineage instead of 90k x (1 + ... + 6) = 1,890k: 0.44x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from study.config import StudyConfig
+from study.layout import TRAIN_CHECKPOINTS_KEPT
+from study.plan.schedule import fork_points, schedule_for
+from study.plan.trials import sizes
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    cells: int
+    lrs_per_cell: int
+    trials: int
+    lineages: int
+    iterations_separate: int  # every trial trained from iteration 0
+    iterations_forked: int  # trunks in full, branches from their fork point
+    images_per_iteration: int
+    gpus_per_trial: float
+    workers_per_trial: int
+    checkpoint_files: int  # kept at once over the whole study (with forking)
+
+    @property
+    def forked_ratio(self) -> float:
+        return self.iterations_forked / self.iterations_separate
+
+
+def plan_study(cfg: StudyConfig) -> StudyPlan:
+    grid, solver = cfg.grid, cfg.solver
+    n_lr = cfg.lr.samples if cfg.lr.is_search else len(cfg.lr.values)
+    lineages = len(grid.init) * len(sizes(grid)) * len(grid.seeds) * n_lr
+    lengths = {s: schedule_for(s, solver).max_iter for s in grid.schedule}
+    tails = sum(lengths[s] - at for s, at in fork_points(grid.schedule, solver).items())
+    res = cfg.resources
+    return StudyPlan(
+        cells=len(grid.init) * len(grid.schedule) * len(sizes(grid)) * len(grid.seeds),
+        lrs_per_cell=n_lr, trials=lineages * len(grid.schedule), lineages=lineages,
+        iterations_separate=lineages * sum(lengths.values()),
+        iterations_forked=lineages * (max(lengths.values()) + tails),
+        images_per_iteration=solver.ims_per_batch, gpus_per_trial=res.workers * res.gpus_per_worker,
+        workers_per_trial=res.workers,
+        # each trial keeps its checkpoint; each trunk one fork checkpoint per shorter schedule; a
+        # multi-worker trial also keeps Ray Train's last TRAIN_CHECKPOINTS_KEPT copies
+        checkpoint_files=lineages * len(grid.schedule) * (1 + (TRAIN_CHECKPOINTS_KEPT if res.workers > 1 else 0))
+        + lineages * (len(grid.schedule) - 1))
+
+
+def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
+                s_per_iter: float | None = None) -> str:
+    """The plan as the `study plan` command prints it; `checkpoint_bytes` is the size of one
+    trial checkpoint (`study.train.state.checkpoint_bytes`)."""
+    grid = cfg.grid
+    lr = (f"Optuna TPE, {cfg.lr.samples} samples per cell in [{cfg.lr.low:g}, {cfg.lr.high:g}] (log)"
+          if cfg.lr.is_search else "grid " + ", ".join(f"{v:g}" for v in cfg.lr.values))
+    lines = [
+        f"study {cfg.name}: {plan.cells} cells x {plan.lrs_per_cell} LRs = {plan.trials} trials "
+        f"in {plan.lineages} lineages",
+        f"  init      {', '.join(grid.init)}",
+        f"  schedule  {', '.join(f'{s:g}x' for s in grid.schedule)} "
+        f"(1x = {cfg.solver.unit_iters} iterations of {plan.images_per_iteration} images)",
+        f"  size      {', '.join(s.label for s in sizes(grid))}",
+        f"  seeds     {', '.join(str(s) for s in grid.seeds)}",
+        f"  lr        {lr}",
+        f"  trial     {plan.workers_per_trial} worker(s)"
+        + (f", {plan.gpus_per_trial:g} GPU(s)" if plan.gpus_per_trial else ", CPU"),
+    ]
+    forks = fork_points(grid.schedule, cfg.solver)
+    if forks:
+        lines.append("  forks     " + ", ".join(f"{s:g}x leaves the {max(grid.schedule):g}x trunk at "
+                                                 f"{at}" for s, at in forks.items()))
+    lines += [f"iterations: {plan.iterations_forked:,} with forking, {plan.iterations_separate:,} "
+              f"without ({plan.forked_ratio:.2f}x)",
+              f"disk: {_size(checkpoint_bytes * plan.checkpoint_files)} of checkpoints at most "
+              f"({plan.checkpoint_files} files of {_size(checkpoint_bytes)}: one per trial, one per fork "
+              "point until its branch starts"
+              + (f", Ray Train's last {TRAIN_CHECKPOINTS_KEPT} per trial" if plan.workers_per_trial > 1 else "")
+              + f"), {_size(checkpoint_bytes * plan.trials)} when done; plus data and metric logs"]
+    if s_per_iter is not None:
+        for label, iters in (("with forking", plan.iterations_forked),
+                             ("without", plan.iterations_separate)):
+            hours = iters * s_per_iter / 3600
+            gpu = f", {hours * plan.gpus_per_trial:,.1f} GPU-hours" if plan.gpus_per_trial else ""
+            lines.append(f"at {s_per_iter:g} s/iteration {label}: {hours:,.1f} trial-hours{gpu}")
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

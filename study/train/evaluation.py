@@ -1,0 +1,95 @@
+"""COCO bbox and mask AP with COCOeval (faster-coco-eval's, or pycocotools'), on the paper's 0-100 scale."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any, Literal
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+IouType = Literal["bbox", "segm"]
+# The first six of COCOeval.stats, in its order.
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+Backend = Literal["pycocotools", "faster_coco_eval"]
+BACKENDS: tuple[Backend, ...] = ("pycocotools", "faster_coco_eval")
+
+
+def default_backend() -> Backend:
+    """faster-coco-eval (a dependency: same AP, ~7x faster, bench/suite.py part eval) when it
+    imports, else pycocotools."""
+    import importlib.util
+
+    return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
+
+
+def _faster_ground_truth(coco_gt: COCO) -> Any:
+    """faster-coco-eval's index of the same ground truth, built once per COCO object."""
+    gt = getattr(coco_gt, "_faster_coco_eval_gt", None)
+    if gt is None:
+        from faster_coco_eval import COCO as FasterCOCO
+
+        gt = FasterCOCO(coco_gt.dataset, use_deepcopy=True)  # leaves pycocotools' dataset untouched
+        coco_gt._faster_coco_eval_gt = gt  # type: ignore[attr-defined]
+    return gt
+
+
+def evaluate_coco(coco_gt: COCO, detections: list[dict[str, Any]], iou_type: IouType,
+                  image_ids: list[int] | None = None, backend: Backend | None = None) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl (0-100) of `detections` in COCO results format.
+
+    `image_ids` restricts evaluation (e.g. to the images a shard predicted); by default every
+    image of the ground truth counts. An area range without ground truth gives NaN (COCOeval's
+    -1). No detections at all gives AP 0, where pycocotools' loadRes would raise. `backend`:
+    pycocotools' COCOeval or faster-coco-eval's drop-in COCOeval_faster (default: see
+    `default_backend`); both give the same numbers (tests/study/train/test_evaluation.py).
+    """
+    ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
+    if not detections:
+        return {k: 0.0 for k in AP_KEYS}
+    backend = backend or default_backend()
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress and table
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCOeval_faster
+
+            gt = _faster_ground_truth(coco_gt)
+            ev = COCOeval_faster(gt, gt.loadRes(detections), iou_type)
+        else:
+            ev = COCOeval(coco_gt, coco_gt.loadRes(detections), iou_type)
+        ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: (float("nan") if v < 0 else float(v) * 100.0) for k, v in zip(AP_KEYS, ev.stats[:6])}
+
+
+def ground_truth_as_detections(coco_gt: COCO) -> list[dict[str, Any]]:
+    """Every non-crowd ground-truth instance as a detection with score 1 (RLE masks).
+
+    Evaluating these against the same ground truth must give AP 100: a check that a dataset's
+    annotations survive the round trip through COCOeval (`study data check --self-eval`).
+    """
+    dets = []
+    for ann in coco_gt.dataset["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        rle = coco_gt.annToRLE(ann)
+        counts = rle["counts"]
+        dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                     "bbox": [float(v) for v in ann["bbox"]], "score": 1.0,
+                     "segmentation": {"size": [int(s) for s in rle["size"]],
+                                      "counts": counts.decode() if isinstance(counts, bytes) else counts}})
+    return dets
+
+
+def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Binary masks [N, H, W] as COCO RLEs with str counts (JSON-serialisable)."""
+    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
+    for r in rles:
+        r["counts"] = r["counts"].decode()
+    return rles

@@ -1,0 +1,236 @@
+"""One trial: one training run of one configuration (init, schedule, training-set size, LR, seed).
+
+`train_trial` is the loop every worker runs (rank r of `world_size` trains its slice of each
+global batch); it knows nothing of Ray: the Ray Train job (`study.tune.jobs`) passes a `wrap` for
+DDP and a `report` that forwards to `ray.train.report`. Run with `world_size=1` it is a plain
+single-process trial, which is what the tests and benchmarks use.
+
+- The LR follows `study.plan.schedule` at the trial's batch size; data order and flips are pure
+  functions of (seed, iteration), so a run resumed from a checkpoint at iteration k continues
+  exactly as an uninterrupted run would (`study.train.state`).
+- At every `eval_period` and at the end: COCO bbox and mask AP on the val set, a row appended to
+  the trial's own metric log (durable: Tune can drop pre-crash rows on restore), then a checkpoint.
+  A fork checkpoint at the same iteration is written between the two, so that a run resumed from
+  a checkpoint has written every fork point up to it.
+- Samples seen count images, instances and pixels, pre-training included for the pretrained arm.
+- A non-finite loss stops the trial with status 'diverged' and the iteration, instead of
+  training on NaNs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.init import init_scratch, load_backbone
+from models.norms import convert_sync_batchnorm, parameter_groups
+from study import layout
+from study.config import StudyConfig
+from study.data.coco import InstanceDataset, collate
+from study.data.sampling import IterationBatchSampler
+from study.plan.schedule import Schedule, lr_at, schedule_for
+from study.plan.trials import Trial
+from study.train.build import build_detector, trial_datasets
+from study.train.ranks import gather_over_ranks, sum_over_ranks
+from study.train.state import Progress, restore_state, save_state
+from study.train.steps import coco_metrics, predict, train_step
+
+# Columns of a metric row that measure the machine, not the training (they differ between equal runs).
+TIMING_COLUMNS = frozenset({"images_per_s", "eval_s"})
+
+Report = Callable[[dict[str, Any], Path | None], None]
+Sync = Callable[[Path], None]
+
+
+@dataclass
+class Setup:
+    """Everything a trial trains with, built before its first iteration."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: InstanceDataset
+    val: InstanceDataset
+    schedule: Schedule
+    pretrain_meta: dict[str, Any]  # what the pre-training saw ({} for scratch)
+    device: torch.device
+
+
+def build_setup(cfg: StudyConfig, trial: Trial, *, data_root: str | Path, pretrained_weights: str | None,
+                rank: int, device: torch.device) -> Setup:
+    """The data, the detector (scratch init, then the pre-trained backbone for that arm) and SGD."""
+    solver = cfg.solver
+    schedule = schedule_for(trial.schedule, solver)
+    train, val = trial_datasets(cfg, trial.size, data_root)
+    torch.manual_seed(trial.seed)  # the same random init in both arms
+    model = build_detector(cfg, train.split.num_classes)
+    init_scratch(model)
+    meta: dict[str, Any] = {}
+    if trial.init == "pretrained":
+        if pretrained_weights is None:
+            raise ValueError("init 'pretrained' needs pretrained weights (model.pretrained_weights, "
+                             "or a `study pretrain` checkpoint)")
+        loaded = load_backbone(model, pretrained_weights)
+        meta = loaded.meta
+        if rank == 0:
+            print(loaded.summary())
+    model.to(device)  # before the optimizer state is loaded: it follows its parameters' device
+    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=solver.weight_decay,
+                                                 weight_decay_norm=solver.weight_decay_norm),
+                                lr=trial.base_lr, momentum=solver.momentum)
+    return Setup(model, optimizer, train, val, schedule, meta, device)
+
+
+def restore(setup: Setup, out_dir: Path, resume_from: Path, *, rank: int, sync: Sync) -> Progress:
+    """Resume from `resume_from` if it exists; drop the metric rows past its iteration (or all of
+    them without a checkpoint: a crash between a row and its checkpoint), so the log never misses
+    nor repeats an iteration."""
+    progress = Progress()
+    if resume_from.is_file():
+        progress = restore_state(resume_from, setup.model, setup.optimizer, rank=rank, device=setup.device)
+    if rank == 0 and layout.truncate_metrics(out_dir, progress.iteration):
+        sync(out_dir / layout.METRICS)
+    return progress
+
+
+def _announce(trial: Trial, out_dir: Path, iteration: int) -> None:
+    """Say where a (re)started trial continues from: its trunk's fork point, or its checkpoint."""
+    record = out_dir / layout.FORK_RECORD
+    forked = record.is_file() and json.loads(record.read_text())["iteration"] == iteration
+    print(f"{trial.name()}: " + (f"starting from its trunk's fork point, iteration {iteration}" if forked
+                                 else f"resuming from the checkpoint of iteration {iteration}"), flush=True)
+
+
+def evaluate_row(setup: Setup, trial: Trial, it: int, lr: float, losses: dict[str, float],
+                 progress: Progress, *, images_per_s: float, rank: int, world_size: int) -> dict[str, Any]:
+    """The metric row of an evaluation at iteration `it`: losses, COCO AP (every rank predicts its
+    shard of the val set, rank 0 evaluates), throughput and samples seen."""
+    now = time.perf_counter()
+    shard = list(range(rank, len(setup.val), world_size))
+    results = gather_over_ranks(predict(setup.model, setup.val, indices=shard, device=setup.device), world_size)
+    metrics = coco_metrics(setup.val, results) if rank == 0 else {}
+    metrics["eval_s"] = time.perf_counter() - now  # prediction and COCOeval
+    counts, pre = progress.counts, setup.pretrain_meta
+    return {"iteration": it, "status": "finished" if it == setup.schedule.max_iter else "running",
+            "lr": lr, **trial.columns(), **losses, **metrics, "images_per_s": images_per_s,
+            "images_seen": counts["images"], "instances_seen": counts["instances"],
+            "pixels_seen": counts["pixels"],
+            "pretrain_images_seen": pre.get("images_seen", 0),
+            "pretrain_instances_seen": pre.get("instances_seen", 0),
+            "pretrain_pixels_seen": pre.get("pixels_seen", 0)}
+
+
+def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
+                pretrained_weights: str | None = None, rank: int = 0, world_size: int = 1,
+                wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                report: Report = lambda _m, _c: None,
+                resume_from: str | Path | None = None, stop_at: int | None = None,
+                fork_at: Collection[int] = (), device: torch.device | str = "cpu",
+                sync: Sync = lambda _path: None) -> dict[str, Any]:
+    """Train (or resume) one trial; returns its last metrics row. See the module docstring.
+
+    It resumes from `resume_from`, else from the checkpoint in `out_dir` if there is one.
+    `stop_at` ends the run early at that iteration (for tests of resumption). At each iteration
+    in `fork_at` it also writes a fork checkpoint, from which `study.tune.forking.start_branch`
+    starts a shorter schedule. Rank 0 calls `sync(path)` after each file it writes (shared
+    storage pushes it).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    batch = cfg.solver.ims_per_batch
+    if batch % world_size:
+        raise ValueError(f"solver.ims_per_batch {batch} is not divisible by {world_size} workers")
+    device = torch.device(device)
+    setup = build_setup(cfg, trial, data_root=data_root, pretrained_weights=pretrained_weights,
+                        rank=rank, device=device)
+    ckpt_path = out_dir / layout.CHECKPOINT
+    progress = restore(setup, out_dir, Path(resume_from) if resume_from is not None else ckpt_path,
+                       rank=rank, sync=sync)
+    end = setup.schedule.max_iter if stop_at is None else min(stop_at, setup.schedule.max_iter)
+    if progress.iteration >= end:  # already trained this far: report where it stands, train nothing
+        done = layout.read_metrics(out_dir)
+        row = done[-1] if done else {}
+        report(row, None)
+        return row
+    if progress.iteration and rank == 0:
+        _announce(trial, out_dir, progress.iteration)
+    if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
+        setup.model = convert_sync_batchnorm(setup.model, cfg.model.norm, device)
+    return _loop(cfg, trial, setup, progress, wrap(setup.model), out_dir=out_dir, end=end, rank=rank,
+                 world_size=world_size, report=report, fork_at=fork_at, sync=sync)
+
+
+def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net: nn.Module, *,
+          out_dir: Path, end: int, rank: int, world_size: int, report: Report,
+          fork_at: Collection[int], sync: Sync) -> dict[str, Any]:
+    """Iterations progress.iteration + 1 .. end: step, count, evaluate, log, checkpoint, fork."""
+    solver, device = cfg.solver, setup.device
+    cuda = device.type == "cuda"
+    lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
+    sampler = IterationBatchSampler(len(setup.train), solver.ims_per_batch, seed=trial.seed,
+                                    start_iter=progress.iteration, max_iter=end, rank=rank,
+                                    world_size=world_size)
+    # Its own generator: creating the iterator must not draw from the global RNG, which the
+    # RPN/RoI samplers use and the checkpoint restores.
+    loader = DataLoader(setup.train, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.data.loader_workers, pin_memory=cuda,
+                        generator=torch.Generator().manual_seed(trial.seed))
+
+    def save(path: Path, it: int) -> Path | None:
+        return save_state(path, setup.model, setup.optimizer, progress, it, rank=rank,
+                          world_size=world_size, device=device, sync=sync)
+
+    def log(row: dict[str, Any]) -> None:
+        if rank == 0:
+            sync(layout.append_metrics(out_dir, row))
+
+    row: dict[str, Any] = {}
+    tick, n_timed = time.perf_counter(), 0
+    net.train()
+    for it, (images, targets) in enumerate(loader, start=progress.iteration + 1):
+        lr = lr_at(it - 1, setup.schedule, lr_solver)
+        for group in setup.optimizer.param_groups:
+            group["lr"] = lr
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        losses = train_step(net, images, targets, setup.optimizer, clip_grad_norm=solver.clip_grad_norm,
+                            autocast=cuda)
+        diverged = not math.isfinite(losses["loss"])  # the sum: non-finite if any part is
+        local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
+                 "pixels": sum(im.shape[1] * im.shape[2] for im in images)}
+        summed = sum_over_ranks({**local, "diverged": float(diverged)}, world_size)
+        for k in progress.counts:
+            progress.counts[k] += round(summed[k])
+        progress.add_losses(losses)
+        n_timed += 1
+        if summed["diverged"] > 0:
+            # NaN metrics, not missing ones: Tune stops the whole study on a result without its metric
+            row = {"iteration": it, "status": "diverged", "lr": lr, **trial.columns(),
+                   **{k: float("nan") for k in (*losses, "bbox_AP", "segm_AP")},
+                   "images_seen": progress.counts["images"]}
+            log(row)
+            report(row, None)
+            return row
+        evaluating = it % solver.eval_period == 0 or it == setup.schedule.max_iter or it == end
+        if evaluating:
+            mean_losses = progress.take_mean_losses(world_size)
+            row = evaluate_row(setup, trial, it, lr, mean_losses, progress, rank=rank, world_size=world_size,
+                               images_per_s=n_timed * solver.ims_per_batch / (time.perf_counter() - tick))
+            log(row)
+        if it in fork_at:  # before the checkpoint: a run resumed from the checkpoint at `it` is past it
+            save(out_dir / layout.fork_checkpoint(it), it)
+        if evaluating:
+            saved = save(out_dir / layout.CHECKPOINT, it)
+            report(row, saved)
+            tick, n_timed = time.perf_counter(), 0
+    return row

@@ -1,0 +1,95 @@
+"""A trial's training state in a checkpoint: model, optimizer, RNG per rank, the counters.
+
+The file is a dict of tensors and plain values (`torch.load(weights_only=True)` reads it):
+`model`, `optimizer`, `iteration`, `counts` (images, instances, pixels seen), `rng` and
+`cuda_rng` (one state per rank: RPN/RoI sampling draws from them), `window` and `n_window` (the
+loss sums since the last evaluation, summed over ranks). With all of it restored, a resumed run
+continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.init import load_state_file
+from study.config import StudyConfig
+from study.layout import atomic_write
+from study.train.build import build_detector
+from study.train.ranks import gather_over_ranks, sum_over_ranks
+
+COCO_CLASSES = 80
+
+
+@dataclass
+class Progress:
+    """What a trial has done so far, beyond the weights: saved in and restored from checkpoints."""
+
+    iteration: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "instances": 0, "pixels": 0})
+    window: dict[str, float] = field(default_factory=dict)  # loss sums since the last evaluation
+    n_window: int = 0  # iterations in `window`
+
+    def add_losses(self, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.window[k] = self.window.get(k, 0.0) + v
+        self.n_window += 1
+
+    def take_mean_losses(self, world_size: int) -> dict[str, float]:
+        """The mean of each loss since the last evaluation over all ranks; empties the window."""
+        means = {k: v / (self.n_window * world_size) for k, v in sum_over_ranks(self.window, world_size).items()}
+        self.window, self.n_window = {}, 0
+        return means
+
+
+def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+               iteration: int, *, rank: int, world_size: int, device: torch.device,
+               sync: Callable[[Path], None]) -> Path | None:
+    """Rank 0 writes the full training state at `iteration` (atomically) and calls `sync` on the
+    file; every rank must call this (the RNG states and loss sums are gathered)."""
+    rng = gather_over_ranks([torch.get_rng_state()], world_size)
+    cuda_rng = gather_over_ranks([torch.cuda.get_rng_state(device)], world_size) if device.type == "cuda" else []
+    window_sums = sum_over_ranks(progress.window, world_size)
+    if rank != 0:
+        return None
+    atomic_write(path, lambda tmp: torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+         "counts": progress.counts, "rng": rng, "cuda_rng": cuda_rng, "window": window_sums,
+         "n_window": progress.n_window}, tmp))
+    sync(path)
+    return path
+
+
+def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, rank: int,
+                  device: torch.device) -> Progress:
+    """Load `path` into the model, the optimizer and this rank's RNG; returns the progress."""
+    state = load_state_file(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    # The loss sums since the last evaluation, summed over ranks: rank 0 carries them.
+    window = {k: (v if rank == 0 else 0.0) for k, v in state.get("window", {}).items()}
+    if rank < len(state["rng"]):
+        torch.set_rng_state(state["rng"][rank])
+    cuda_rng = state.get("cuda_rng", [])
+    if rank < len(cuda_rng) and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng[rank], device)
+    return Progress(iteration=state["iteration"], counts=state["counts"], window=window,
+                    n_window=int(state.get("n_window", 0)))
+
+
+def checkpoint_bytes(cfg: StudyConfig) -> int:
+    """Bytes of one trial checkpoint: the model's state (parameters and buffers) and SGD's
+    momentum for every trained parameter, in fp32 (the model is built on the meta device: no
+    memory, no data). Classes: the synthetic set's, or COCO's 80 for a COCO-format set."""
+    from study.data.synthetic import CLASSES
+
+    classes = len(CLASSES) if cfg.data.source == "synthetic" else COCO_CLASSES
+    with torch.device("meta"):
+        model = build_detector(cfg, classes)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return state + momentum

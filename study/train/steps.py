@@ -1,0 +1,87 @@
+"""The detection steps the trainer is made of (cf. torchvision's references/detection/engine.py):
+one optimisation step, and prediction + COCO evaluation of a model on a split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from study.data.coco import InstanceDataset, collate
+from study.train.evaluation import evaluate_coco, masks_to_rle
+
+
+def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]],
+               optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None = None,
+               autocast: bool = False) -> dict[str, float]:
+    """One SGD step on a batch; returns the losses (and their sum as 'loss') as floats.
+
+    `autocast` runs the forward pass in bf16 mixed precision on CUDA (no loss scaling is needed
+    with bf16). A non-finite loss is returned without stepping, so the caller can stop the run as
+    diverged instead of training on NaNs.
+    """
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        losses = model(images, [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")}
+                                for t in targets])
+    total = sum(losses.values())
+    parts = torch.stack([v.detach().float() for v in (*losses.values(), total)]).tolist()  # one sync
+    values = dict(zip([*losses, "loss"], parts))
+    if not np.isfinite(values["loss"]):
+        return values
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    return values
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: InstanceDataset, *, indices: list[int] | None = None,
+            batch_size: int = 8, device: torch.device | str = "cpu",
+            mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+    """COCO-format results (bbox and RLE segmentation) for the images of `dataset`.
+
+    The dataset must not resize (min_size/max_size None): the model resizes internally and maps
+    its outputs back to the original image size, which is what COCOeval compares against.
+    """
+    if dataset.min_size is not None:
+        raise ValueError("predict() needs a dataset at the original image size (no min_size)")
+    was_training = model.training
+    model.eval()
+    category_ids = dataset.split.category_ids
+    subset = torch.utils.data.Subset(dataset, indices if indices is not None else range(len(dataset)))
+    results: list[dict[str, Any]] = []
+    for images, targets in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
+        outputs = model([im.to(device) for im in images])
+        for out, target in zip(outputs, targets):
+            boxes = out["boxes"].cpu()
+            masks = (out["masks"][:, 0] > mask_threshold).cpu().numpy()
+            rles = masks_to_rle(masks) if len(masks) else []
+            for box, label, score, rle in zip(boxes.tolist(), out["labels"].tolist(),
+                                              out["scores"].tolist(), rles):
+                results.append({"image_id": target["image_id"], "category_id": category_ids[label - 1],
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                "score": score, "segmentation": rle})
+    model.train(was_training)
+    return results
+
+
+def coco_metrics(dataset: InstanceDataset, results: list[dict[str, Any]],
+                 image_ids: list[int] | None = None) -> dict[str, float]:
+    """bbox_AP, bbox_AP50, ..., segm_APl (0-100) of `results` on the dataset's ground truth."""
+    ids = list(dataset.image_ids) if image_ids is None else image_ids
+    metrics = {}
+    for iou in ("bbox", "segm"):
+        for key, value in evaluate_coco(dataset.split.coco, results, iou, image_ids=ids).items():
+            metrics[f"{iou}_{key}"] = value
+    return metrics
+
+
+def evaluate(model: nn.Module, dataset: InstanceDataset, *, batch_size: int = 8,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Predict every image of `dataset` and evaluate (single process)."""
+    return coco_metrics(dataset, predict(model, dataset, batch_size=batch_size, device=device))

@@ -1,0 +1,258 @@
+"""Where a study keeps its files: a local folder, or a URI that every node of a cluster reaches.
+
+`--storage runs` (a path): every file is read and written in place, as on one machine (or on a
+file system that every node mounts at the same path).
+
+`--storage s3://bucket/runs` (any URI pyarrow opens: s3://, gs://, abfs://, hdfs://, file://; an
+S3-compatible server with `?endpoint_override=host:port&scheme=http`): the URI is the one source
+of truth and no node's disk is trusted to last. Each trial works in a fresh local folder: it
+first pulls its own checkpoint and metric log (so it resumes on whichever node it lands), a
+branch pulls its trunk's fork checkpoint, and rank 0 pushes every file right after writing it
+(metric rows, checkpoints, fork checkpoints, the failure marker). The synthetic set is made on
+each node (it is deterministic); the pre-trained backbone is made once by the driver, pushed,
+and pulled by the trials. Tune's and Ray Train's own state go to the URI directly: Ray reads the
+same URIs through the same library.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from study import layout
+from study.errors import ConfigError
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+class Store:
+    """A folder (a path or a URI) addressed by '/'-separated relative paths."""
+
+    def __init__(self, root: str | Path):
+        root = str(root)
+        self.remote = is_uri(root)
+        if self.remote:
+            import pyarrow.fs
+
+            parts = urlsplit(root)
+            self._prefix = root.split("?", 1)[0].rstrip("/")
+            self._query = f"?{parts.query}" if parts.query else ""
+            self.fs, self._base = pyarrow.fs.FileSystem.from_uri(root)
+            self._base = self._base.rstrip("/")
+        else:
+            self._prefix, self._query = str(Path(root).resolve()), ""
+            self.fs, self._base = None, self._prefix
+
+    def uri(self, *rel: str) -> str:
+        """The location of `rel` as Ray and pyarrow take it (a path, or a URI with the query kept)."""
+        return "/".join([self._prefix, *[r.strip("/") for r in rel if r]]) + self._query
+
+    def _path(self, rel: str) -> str:
+        return "/".join([self._base, rel.strip("/")]) if rel else self._base
+
+    def local(self, rel: str) -> Path:
+        """The local path of `rel` (only for a local store)."""
+        assert not self.remote
+        return Path(self._path(rel))
+
+    def exists(self, rel: str) -> bool:
+        if not self.remote:
+            return self.local(rel).exists()
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self._path(rel)).type != pyarrow.fs.FileType.NotFound
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names in the folder `rel` (empty if it does not exist)."""
+        if not self.remote:
+            folder = self.local(rel)
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        import pyarrow.fs
+
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel)))
+        return sorted(Path(i.path).name for i in infos)
+
+    def read_text(self, rel: str) -> str | None:
+        if not self.remote:
+            path = self.local(rel)
+            return path.read_text() if path.is_file() else None
+        if not self.exists(rel):
+            return None
+        with self.fs.open_input_stream(self._path(rel)) as f:
+            return f.read().decode()
+
+    def write_text(self, rel: str, text: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "file"
+            src.write_text(text)
+            self.put(src, rel)
+
+    def get(self, rel: str, dest: str | Path) -> bool:
+        """Copy `rel` to the local file `dest` (atomically); False if there is no such file."""
+        dest = Path(dest)
+        if not self.exists(rel):
+            return False
+        if not self.remote:
+            if self.local(rel).resolve() != dest.resolve():
+                layout.atomic_write(dest, lambda tmp: shutil.copyfile(self.local(rel), tmp))
+            return True
+
+        def download(tmp: Path) -> None:
+            with self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+        layout.atomic_write(dest, download)
+        return True
+
+    def put(self, src: str | Path, rel: str) -> None:
+        """Copy the local file `src` to `rel`; readers never see a half-written file."""
+        if not self.remote:
+            dest = self.local(rel)
+            if Path(src).resolve() != dest.resolve():
+                layout.atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+            return
+        path = self._path(rel)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if urlsplit(self._prefix).scheme == "file":  # a local "remote": write aside, then rename
+            tmp = path + ".tmp"
+            with open(src, "rb") as f, self.fs.open_output_stream(tmp) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+            self.fs.move(tmp, path)
+        else:  # object stores make an object visible only once it is complete
+            with open(src, "rb") as f, self.fs.open_output_stream(path) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+    def delete(self, rel: str) -> None:
+        """Remove the file `rel` if it exists."""
+        if not self.remote:
+            self.local(rel).unlink(missing_ok=True)
+        elif self.exists(rel):
+            self.fs.delete_file(self._path(rel))
+
+    def put_tree(self, src: str | Path, rel: str) -> None:
+        """Copy a local folder's files (recursively) to `rel`."""
+        for path in sorted(Path(src).rglob("*")):
+            if path.is_file():
+                self.put(path, f"{rel}/{path.relative_to(src).as_posix()}")
+
+
+def pull_files(store: Store, rel_dir: str, local_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Copy the files `names` of the store folder `rel_dir` that exist into `local_dir`."""
+    for name in names:
+        store.get(f"{rel_dir}/{name}", local_dir / name)
+
+
+def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path], None]
+    """A function that copies a file under `local_root` to the same place under `rel_root`."""
+    def push(path: Path) -> None:
+        store.put(path, f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}")
+    return push
+
+
+def fetch_run(store: Store, name: str, dest: Path) -> Path:
+    """Copy a study run's durable results (config, run info, every trial's metric log, fork record
+    and failure marker; no checkpoints) from the store into `dest`; returns `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pull_files(store, name, dest, [layout.STUDY_FILE, layout.RUN_INFO])
+    for trial in store.listdir(layout.trial_path(name)):
+        (dest / layout.TRIALS / trial).mkdir(parents=True, exist_ok=True)
+        pull_files(store, layout.trial_path(name, trial), dest / layout.TRIALS / trial, layout.RESULT_FILES)
+    return dest
+
+
+def open_run(run_uri: str) -> tuple[Store, str]:
+    """(the store that holds it, its name) of a study run given as a URI (`s3://bucket/runs/NAME`,
+    with any `?query` kept for the store); a ConfigError if it holds no trials."""
+    location, mark, query = run_uri.partition("?")
+    root, _, name = location.rstrip("/").rpartition("/")
+    store = Store(root + mark + query)
+    if not store.listdir(layout.trial_path(name)):
+        raise ConfigError("RUN_DIR", f"{run_uri} is not a study run (no {layout.TRIALS}/ in it)")
+    return store, name
+
+
+def node_dir(kind: str) -> Path:
+    """This node's own folder for `kind` (data: the synthetic set, made once per node; work:
+    trials' scratch folders; pretrained: the backbone pulled from the store) when the study's
+    storage is a URI: $STUDY_LOCAL_DIR, else a folder in the system's temp directory."""
+    root = Path(os.environ.get("STUDY_LOCAL_DIR") or Path(tempfile.gettempdir()) / f"study-{os.getuid()}")
+    path = root / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RunLock:
+    """Held by the `study run` that writes `<storage>/<name>`; a second one is refused (ConfigError).
+
+    On a folder it is an advisory lock on `<name>/.lock` (flock), which the OS releases when the
+    process dies, so `--resume` after a crash finds it free. On a URI, where no lock exists, it is
+    a lease object `<name>/lock.json` that a background thread renews every `renew_s` seconds; a
+    lease older than `stale_s` (its holder died) is taken over.
+    """
+
+    def __init__(self, store: Store, name: str, *, renew_s: float = 20.0, stale_s: float = 90.0):
+        self.store, self.name, self.renew_s, self.stale_s = store, name, renew_s, stale_s
+        self._file = None
+        self._stop = None
+
+    def _holder(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "since": datetime.datetime.now().isoformat(timespec="seconds")}
+
+    def _refuse(self, holder: str) -> None:
+        raise ConfigError("--name", f"{self.store.uri(self.name)} is being written by another `study run` "
+                                    f"({holder}); wait for it to finish, or choose another --name")
+
+    def __enter__(self) -> RunLock:
+        if not self.store.remote:
+            path = self.store.local(f"{self.name}/{layout.LOCK}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a+")
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.seek(0)
+                holder = self._file.read().strip() or "unknown process"
+                self._file.close()
+                self._refuse(holder)
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(json.dumps(self._holder()))
+            self._file.flush()
+            return self
+        rel = f"{self.name}/{layout.LEASE}"
+        text = self.store.read_text(rel)
+        if text is not None:
+            lease = json.loads(text)
+            if time.time() - lease.get("renewed", 0) < self.stale_s:
+                self._refuse(json.dumps({k: lease[k] for k in ("host", "pid", "since") if k in lease}))
+        me = self._holder()
+        self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+        self._stop = threading.Event()
+
+        def renew() -> None:
+            while not self._stop.wait(self.renew_s):
+                self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+
+        threading.Thread(target=renew, daemon=True, name="study-run-lease").start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the flock
+        if self._stop is not None:
+            self._stop.set()
+            self.store.delete(f"{self.name}/{layout.LEASE}")

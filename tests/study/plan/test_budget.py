@@ -1,0 +1,72 @@
+"""Plan arithmetic: cells, trials, lineages, fork points and iterations, exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from study.config import GridConfig, LRConfig, load_study
+from study.plan.budget import format_plan, plan_study
+from study.plan.schedule import fork_points
+from study.plan.trials import sizes
+from tests.conftest import REPO
+
+PAPER = load_study(REPO / "search_spaces" / "paper_r50_gn.yaml")
+
+
+def test_the_papers_grid_forks_into_044x_of_the_iterations() -> None:
+    assert fork_points(PAPER.grid.schedule, PAPER.solver) == {
+        1.0: 30_000, 2.0: 120_000, 3.0: 210_000, 4.0: 300_000, 5.0: 390_000}
+    plan = plan_study(PAPER)
+    assert (plan.cells, plan.trials, plan.lineages) == (36, 36, 6)  # 2 inits x 3 sizes x 1 seed x 1 LR
+    assert plan.iterations_separate == 6 * 1_890_000  # 90k x (1 + ... + 6) per lineage
+    assert plan.iterations_forked == 6 * 840_000  # 540k trunk + 5 x 60k tails
+    assert plan.forked_ratio == pytest.approx(840 / 1890) and round(plan.forked_ratio, 2) == 0.44
+
+
+def test_lr_samples_and_fractions_multiply_the_trials() -> None:
+    cfg = dataclasses.replace(
+        PAPER, grid=GridConfig(init=("scratch",), schedule=(2, 3), train_images=(1000,),
+                               data_fraction=(0.1, 0.5), seeds=(0, 1)),
+        lr=LRConfig(low=0.01, high=0.1, samples=3))
+    plan = plan_study(cfg)
+    assert (plan.cells, plan.lrs_per_cell, plan.trials, plan.lineages) == (12, 3, 36, 18)
+    # 3x trunk 270k + the 2x branch from its first drop (120k) to its end (180k)
+    assert plan.iterations_forked == 18 * (270_000 + 60_000)
+    assert plan.iterations_separate == 18 * (180_000 + 270_000)
+    assert [s.label for s in sizes(cfg.grid)] == ["1000", "frac0.1", "frac0.5"]
+
+
+def test_the_printed_plan_has_the_hours() -> None:
+    text = format_plan(PAPER, plan_study(PAPER), checkpoint_bytes=100_000_000, s_per_iter=0.5)
+    assert "36 cells x 1 LRs = 36 trials in 6 lineages" in text
+    assert "5,040,000 with forking, 11,340,000 without (0.44x)" in text
+    # 5.04M iterations x 0.5 s = 700 h of one trial's 8 GPUs
+    assert "with forking: 700.0 trial-hours, 5,600.0 GPU-hours" in text
+
+
+def test_study_plan_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from study.cli import main
+
+    assert main(["plan", str(REPO / "search_spaces" / "default.yaml")]) == 0
+    assert "24 cells x 2 LRs = 48 trials in 16 lineages" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {schedule: [1, 1]}\n")
+    assert main(["plan", str(bad)]) == 2
+    assert "bad.yaml: grid.schedule: [1.0, 1.0] lists a value twice" in capsys.readouterr().err
+    bad.write_text("name: x\nlr: {low: 0.1, high: 0.01}\n")
+    assert main(["plan", str(bad)]) == 2
+    assert "bad.yaml: lr.high: need 0 < low < high, got low=0.1, high=0.01" in capsys.readouterr().err
+
+
+def test_the_disk_estimate_counts_every_checkpoint_file() -> None:
+    cfg = load_study(REPO / "search_spaces" / "smoke.yaml")
+    plan = plan_study(cfg)
+    assert plan.checkpoint_files == 4 + 2  # one per trial, one per fork point (2 trunks x 1 branch)
+    text = format_plan(cfg, plan, checkpoint_bytes=93_808_280)
+    assert "disk: 562.8 MB of checkpoints at most (6 files of 93.8 MB: one per trial" in text
+    assert "375.2 MB when done" in text
+    several = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, workers=2))
+    assert plan_study(several).checkpoint_files == 4 * (1 + 2) + 2  # and Ray Train's last 2 per trial

@@ -1,0 +1,46 @@
+"""The run folder's helpers: atomic writes, the metric log, run.json."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from study import layout
+
+
+def test_an_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = layout.atomic_write_text(tmp_path / "sub" / "f.txt", "old")
+    assert target.read_text() == "old"
+
+    def half(tmp: Path) -> None:
+        tmp.write_text("ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        layout.atomic_write(target, half)
+    assert target.read_text() == "old"
+
+
+def test_the_metric_log_appends_rewrites_and_truncates(tmp_path: Path) -> None:
+    assert layout.read_metrics(tmp_path) == []
+    for it in (4, 8, 12):
+        layout.append_metrics(tmp_path, {"iteration": it, "loss": 1.0 / it, "bbox_AP": math.nan})
+    rows = layout.read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [4, 8, 12] and math.isnan(rows[0]["bbox_AP"])
+    assert not layout.truncate_metrics(tmp_path, 12)  # nothing past the checkpoint
+    assert layout.truncate_metrics(tmp_path, 8)
+    assert [r["iteration"] for r in layout.read_metrics(tmp_path)] == [4, 8]
+    assert layout.truncate_metrics(tmp_path, 0) and layout.read_metrics(tmp_path) == []
+    assert not (tmp_path / (layout.METRICS + ".tmp")).exists()
+
+
+def test_run_info_round_trips(tmp_path: Path) -> None:
+    assert layout.read_run_info(tmp_path) is None
+    info = layout.RunInfo(started="2026-12-01T10:00:00", finished="2026-12-01T10:07:00", seconds=420.5,
+                          phases_s={"trials": 300.0}, machine={"cpus": 2})
+    (tmp_path / layout.RUN_INFO).write_text(info.to_json())
+    assert layout.read_run_info(tmp_path) == info
+    assert layout.trial_path("default", "scratch_1x_n16_lr0.01_s0", layout.METRICS) == \
+        "default/trials/scratch_1x_n16_lr0.01_s0/metrics.jsonl"

@@ -1,0 +1,121 @@
+"""The trial loop: in one process (world_size 1), and as a Ray Train job of one and two workers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+import torch
+
+from study.cli import main
+from study.config import StudyConfig, study_from_dict, to_dict
+from study.layout import read_metrics
+from study.plan.trials import Size, Trial
+from study.train.loop import train_trial
+
+def test_a_trial_trains_evaluates_checkpoints_and_logs(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                       tiny_trial: Trial) -> None:
+    reported: list[tuple[dict, Path | None]] = []
+    last = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "t", data_root=tmp_path,
+                       report=lambda row, ckpt: reported.append((row, ckpt)))
+    rows = read_metrics(tmp_path / "t")
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe
+    assert [r["iteration"] for r in rows] == [4, 8] and same(rows[-1], last)
+    assert [r["status"] for r in rows] == ["running", "finished"]
+    assert same([row for row, _ in reported], rows) and all(c is not None for _, c in reported)
+    assert last["images_seen"] == 8 * 4 and last["pixels_seen"] > 0 and last["instances_seen"] >= 32
+    assert last["pretrain_images_seen"] == 0 and last["train_images"] == 16
+    for key in ("loss", "loss_mask", "bbox_AP", "bbox_AP50", "segm_AP", "segm_APl", "images_per_s"):
+        assert key in last
+    assert rows[0]["lr"] == pytest.approx(0.01) and last["lr"] == pytest.approx(0.0001)
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 8 and len(state["rng"]) == 1
+
+
+def test_a_resumed_trial_equals_an_uninterrupted_one(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                     tiny_trial: Trial) -> None:
+    full = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "full", data_root=tmp_path)
+    first = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "resumed", data_root=tmp_path, stop_at=4)
+    assert first["iteration"] == 4
+    resumed = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "resumed", data_root=tmp_path)
+    assert resumed["iteration"] == 8 and resumed["images_seen"] == full["images_seen"]
+    for key in ("loss", "loss_classifier", "loss_mask", "bbox_AP", "segm_AP"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-4), key
+    assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [4, 8]
+
+
+def test_a_crash_between_the_log_row_and_the_checkpoint_repeats_no_row(tmp_path: Path,
+                                                                       tiny_cfg: StudyConfig,
+                                                                       tiny_trial: Trial) -> None:
+    """An evaluation appends its row, then writes the checkpoint. Killed in between, the log is one
+    row ahead of the checkpoint: the resume drops that row and logs it again, once."""
+    import shutil
+
+    full = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "full", data_root=tmp_path)
+    out = tmp_path / "crashed"
+    train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path, stop_at=4)
+    shutil.copy(out / "checkpoint.pt", tmp_path / "at4.pt")
+    train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path)  # logs row 8, then checkpoints 8
+    shutil.copy(tmp_path / "at4.pt", out / "checkpoint.pt")  # as if killed before checkpoint 8
+    synced: list[str] = []
+    resumed = train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path, sync=lambda p: synced.append(p.name))
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [4, 8]
+    assert rows[-1]["loss"] == pytest.approx(full["loss"], abs=1e-4) and resumed["iteration"] == 8
+    # every file it rewrote or wrote was handed to `sync` (pushed to shared storage)
+    assert synced == ["metrics.jsonl", "metrics.jsonl", "checkpoint.pt"]
+
+
+def test_divergence_is_reported_not_raised(tmp_path: Path, tiny_cfg: StudyConfig) -> None:
+    wild = Trial(init="scratch", schedule=1, base_lr=1e6, seed=0, size=Size(16))
+    row = train_trial(tiny_cfg, wild, out_dir=tmp_path / "d", data_root=tmp_path)
+    assert row["status"] == "diverged" and 1 <= row["iteration"] <= 8
+    assert math.isnan(row["loss"]) and read_metrics(tmp_path / "d")[-1]["status"] == "diverged"
+
+
+def test_study_trial_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_cfg: StudyConfig) -> None:
+    space = tmp_path / "smoke.yaml"
+    space.write_text(yaml.safe_dump({**to_dict(tiny_cfg), "name": "cli", "grid": {"schedule": [1],
+                                                                              "train_images": [16]}}))
+    args = ["trial", str(space), "--set", "seed=1", "base_lr=0.005", "--no-ray", "--storage", str(tmp_path / "runs")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    trial_dir = tmp_path / "runs" / "cli" / "trials" / "scratch_1x_n16_lr0.005_s1"
+    assert f"-> {trial_dir}" in out and "finished at iteration 8" in out
+    assert main(args) == 0 and "finished at iteration 8" in capsys.readouterr().out  # already done
+    assert main(["trial", str(space), "--set", "lr=0.1", "--no-ray"]) == 2
+    assert "--set: 'lr=0.1': expected KEY=VALUE with KEY one of init, schedule" in capsys.readouterr().err
+    assert main(["trial", str(space), "--set", "schedule=0.2", "--no-ray"]) == 2
+    assert "0.2x ends at iteration 2" in capsys.readouterr().err
+
+
+def test_a_trial_on_the_real_fruits_set(fruits: Path, tmp_path: Path, tiny_cfg: StudyConfig) -> None:
+    """fruits_nuts split deterministically into train/val (in a temp folder), one short trial."""
+    from study.data.coco import split_coco
+
+    train_json, val_json = split_coco(fruits / "annotations.json", tmp_path / "split", val_fraction=0.25)
+    again = split_coco(fruits / "annotations.json", tmp_path / "split2", val_fraction=0.25)
+    assert train_json.read_text() == again[0].read_text() and val_json.read_text() == again[1].read_text()
+    n_train = len(json.loads(train_json.read_text())["images"])
+    n_val = len(json.loads(val_json.read_text())["images"])
+    assert (n_train, n_val) == (14, 4)  # round(18 x 0.25) = 4 held out
+    assert main(["data", "split", str(fruits / "annotations.json"), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "val.json").read_text() == val_json.read_text()
+    cfg = study_from_dict({
+        **to_dict(tiny_cfg), "name": "fruits",
+        "data": {"source": "coco", "train": {"annotations": str(train_json), "images": str(fruits / "images")},
+                 "val": {"annotations": str(val_json), "images": str(fruits / "images")}},
+        "model": {**to_dict(tiny_cfg.model), "min_size": 96, "max_size": 128}})
+    row = train_trial(cfg, Trial(init="scratch", schedule=1, base_lr=0.01, seed=0),
+                      out_dir=tmp_path / "t", data_root=tmp_path)
+    rows = read_metrics(tmp_path / "t")
+    assert [r["iteration"] for r in rows] == [4, 8] and row["status"] == "finished"
+    for key in ("iteration", "lr", "loss", "bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50",
+                "segm_AP75", "images_seen", "instances_seen", "pixels_seen", "images_per_s"):
+        assert key in row, key
+    assert row["images_seen"] == 32 and row["pixels_seen"] == 32 * 96 * 128
+
+

@@ -1,0 +1,134 @@
+"""The smoke study through real Ray Tune + OptunaSearch, with and without forking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from study.analysis.results import final_rows, load_results
+from study.cli import main
+from study.config import load_study
+from study.plan.budget import plan_study
+from study.train.loop import TIMING_COLUMNS
+from tests.conftest import REPO
+
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+TIMING = TIMING_COLUMNS
+
+
+@pytest.mark.slow
+def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch, s3_uri: str) -> None:
+    """The forked run keeps its results on S3 (moto's server, through pyarrow as on AWS): every
+    trial works in a fresh local folder and exchanges checkpoints, fork points and metric rows only
+    through S3, as trials on different cluster nodes do; Tune keeps its state there too. The
+    separate runs use a plain folder. `study analyze` reads the S3 run back."""
+    import ray
+
+    from study.tune.driver import run_study
+    from study.tune.storage import Store, fetch_run
+
+    cfg = load_study(SMOKE)
+    plan = plan_study(cfg)
+    node = tmp_path / "node"
+    monkeypatch.setenv("STUDY_LOCAL_DIR", str(node))  # the "node's" disk: data and scratch folders
+    run_uri = s3_uri.replace("/runs?", "/runs/forked?")
+    try:
+        assert main(["run", str(SMOKE), "--storage", s3_uri, "--name", "forked"]) == 0
+        printed = capsys.readouterr().out
+        grid = run_study(cfg, storage=tmp_path, name="separate", forking=False, verbose=0)
+        assert main(["analyze", run_uri, "--out", str(tmp_path / "pulled")]) == 0
+    finally:
+        ray.shutdown()
+    store = Store(s3_uri)
+    assert "final bbox_AP at each cell's best LR" in printed and "study forked done" in printed
+    assert f"report: {store.uri('forked', 'report', 'report.md')}" in printed
+    assert store.read_text("forked/report/report.md").startswith("# Study smoke: scratch vs pretrained (complete)")
+    assert (tmp_path / "pulled" / "report.md").read_text().startswith("# Study smoke: scratch vs pretrained")
+    assert len(grid) == plan.trials and not grid.errors
+    assert list((node / "work").iterdir()) == []  # trials cleaned up their local folders
+    assert store.listdir("pretrained") == sorted(p.name for p in (tmp_path / "pretrained").glob("*.pt"))
+    assert store.listdir("forked/tune")  # Tune's own state (restore, TensorBoard) on S3
+    trunk = next(t for t in store.listdir("forked/trials") if "_2x_" in t)
+    # the fork checkpoint is gone once its branch holds its own copy: one checkpoint per trial
+    assert store.listdir(f"forked/trials/{trunk}") == ["checkpoint.pt", "metrics.jsonl"]
+
+    assert store.exists("forked/report/results.parquet") and store.exists("forked/run.json")
+
+    copy = fetch_run(store, "forked", tmp_path / "copy")  # metric logs, fork records; no checkpoints
+    assert (copy / "study.yaml").is_file() and (copy / "run.json").is_file()
+    forked, separate = load_results(copy), load_results(tmp_path / "separate")
+    assert sorted(forked["trial"].unique()) == sorted(separate["trial"].unique())
+    assert len(forked["trial"].unique()) == plan.trials
+    assert (final_rows(forked)["status"] == "finished").all()
+    lrs = forked["base_lr"].unique()
+    assert len(lrs) == 1 and cfg.lr.low <= lrs[0] <= cfg.lr.high  # one Optuna sample per cell
+
+    key = ["trial", "iteration"]
+    a, b = forked.sort_values(key).reset_index(drop=True), separate.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    for column in sorted(set(a.columns) - TIMING - set(key)):
+        if a[column].dtype.kind == "f":
+            assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), abs=1e-5, nan_ok=True), column
+        else:
+            assert a[column].tolist() == b[column].tolist(), column
+
+    def trained(run: Path) -> int:
+        total = 0
+        for trial in (run / "trials").iterdir():
+            fork = trial / "fork.json"
+            start = json.loads(fork.read_text())["iteration"] if fork.is_file() else 0
+            total += max(r["iteration"] for r in map(json.loads, (trial / "metrics.jsonl").open())) - start
+        return total
+
+    assert trained(copy) == plan.iterations_forked < plan.iterations_separate
+    assert trained(tmp_path / "separate") == plan.iterations_separate
+
+
+@pytest.mark.slow
+def test_a_smoke_study_with_ray_train_workers_inside_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resources.workers: 2: each Tune trial drives a Ray Train job (TRAIN_DRIVER token,
+    TuneReportCallback); branches start their worker group from the trunk's fork checkpoint.
+    Storage is a URI: each Train worker pulls the trial's files into its own scratch folder and
+    rank 0 pushes its rows and checkpoints; Ray Train keeps its checkpoints at the URI too."""
+    import dataclasses
+
+    import ray
+
+    from study.tune.driver import run_study
+
+    cfg = load_study(SMOKE)
+    cfg = dataclasses.replace(cfg, name="smoke2w", resources=dataclasses.replace(cfg.resources, workers=2),
+                              grid=dataclasses.replace(cfg.grid, init=("scratch",)))  # one lineage: trunk + branch
+    monkeypatch.setenv("STUDY_LOCAL_DIR", str(tmp_path / "node"))
+    try:
+        grid = run_study(cfg, storage=f"file://{tmp_path}", verbose=0)
+    finally:
+        ray.shutdown()
+    assert len(grid) == 2 and not grid.errors
+    assert all(r.metrics["status"] == "finished" for r in grid)  # forwarded by TuneReportCallback
+    df = load_results(tmp_path / "smoke2w")
+    assert (final_rows(df)["status"] == "finished").all() and df["trial"].nunique() == 2
+    runs = sorted(p.name for p in (tmp_path / "smoke2w" / "train_runs").iterdir())
+    assert runs == sorted(df["trial"].unique())  # one Ray Train run per trial
+    for branch in df.loc[df["schedule"] == 1, "trial"].unique():
+        fork = json.loads((tmp_path / "smoke2w" / "trials" / branch / "fork.json").read_text())
+        assert fork["iteration"] == 3 and fork["trunk"].startswith(branch.split("_1x_")[0] + "_2x_")
+    trunk_rows = df[(df["schedule"] == 2) & (df["iteration"] == 3)].set_index("init")["loss"]
+    branch_rows = df[(df["schedule"] == 1) & (df["iteration"] == 3)].set_index("init")["loss"]
+    assert branch_rows.to_dict() == trunk_rows.to_dict()  # the shared row, relabelled
+
+
+def test_a_run_folder_is_not_silently_reused(tmp_path: Path) -> None:
+    from study.errors import ConfigError
+    from study.tune.driver import run_study
+
+    smoke = load_study(REPO / "search_spaces" / "smoke.yaml")
+    (tmp_path / "smoke" / "trials" / "some_trial").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds trials of this study: add --resume"):
+        run_study(smoke, storage=tmp_path)
+    (tmp_path / "smoke" / "study.yaml").write_text("name: smoke\n")
+    with pytest.raises(ConfigError, match="holds a study with another configuration"):
+        run_study(smoke, storage=tmp_path, resume=True)

@@ -1,0 +1,82 @@
+"""The pretrained arm's weights: pre-trained in this process or on Ray Train workers, cached,
+loaded by the detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.init import load_backbone
+from models.mask_rcnn import build_mask_rcnn
+from study.cli import main
+from study.config import PretrainConfig
+from study.errors import ConfigError
+from study.train.pretrain import cached_checkpoint_path
+from study.tune.weights import ensure_pretrained, run_pretrain
+
+TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0, batch_size=8,
+                      warmup_iters=2, norm="gn")
+
+
+def test_pretrain_writes_a_checkpoint_the_detector_loads(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt.pt"
+    meta = run_pretrain(TINY, backbone="resnet18", out=out, data_dir=tmp_path / "data",
+                        progress=lambda _m: None)
+    saved = torch.load(out, weights_only=True)
+    assert saved["meta"] == meta
+    assert meta["iterations"] == 5 and meta["images_seen"] == 40 == 5 * 8
+    assert meta["instances_seen"] == 40 and meta["pixels_seen"] == 40 * 32 * 32
+    assert meta["classes"] == 10 and meta["chance_accuracy"] == 0.1 and 0 <= meta["val_accuracy"] <= 1
+    assert (meta["backbone"], meta["norm"], meta["image_size"]) == ("resnet18", "gn", 32)
+    assert not any(k.startswith("fc.") for k in saved["backbone"])
+    detector = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=5, profile="tiny",
+                               min_size=64, max_size=64)
+    report = load_backbone(detector, out)
+    assert len(report.loaded) == len(saved["backbone"]) and not report.note
+    assert report.meta["images_seen"] == 40
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_ensure_pretrained_trains_once_then_reuses(tmp_path: Path) -> None:
+    said: list[str] = []
+    path = ensure_pretrained(TINY, backbone="resnet18", cache_dir=tmp_path, progress=said.append)
+    assert path == cached_checkpoint_path(TINY, "resnet18", tmp_path) and path.is_file()
+    assert path.name.startswith("pretrain-resnet18-gn-") and "not cached yet" in said[0]
+    stamp = path.stat().st_mtime_ns
+    assert ensure_pretrained(TINY, backbone="resnet18", cache_dir=tmp_path, progress=said.append) == path
+    assert path.stat().st_mtime_ns == stamp and said[-1] == f"pretrained backbone: reusing {path}"
+    other = PretrainConfig(**{**TINY.__dict__, "seed": 1})
+    assert cached_checkpoint_path(other, "resnet18", tmp_path) != path
+    assert cached_checkpoint_path(TINY, "resnet50", tmp_path) != path
+
+
+def test_pretrain_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.pt"
+    assert main(["pretrain", "--out", str(out), "--train-images", "16", "--val-images", "10",
+                 "--image-size", "32", "--batch-size", "8", "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "16 images seen (1.0 epochs)" in text and f"model.pretrained_weights: {out}" in text
+    assert (tmp_path / "pretrain_data" / "train" / "star").is_dir()
+    assert main(["pretrain", "--out", str(out), "--batch-size", "6", "--workers", "4"]) == 2
+    assert "batch_size: 6 must be divisible by workers (4)" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(out), "--data", f"imagefolder:{tmp_path / 'nowhere'}"]) == 1
+    assert "study: data error: " in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="expected 'synthetic' or 'imagefolder:PATH'"):
+        PretrainConfig(data="imagenet")
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
+    """Data-parallel pre-training through Ray Train (gloo on CPU), rank 0's weights returned."""
+    import ray
+
+    pcfg = PretrainConfig(**{**TINY.__dict__, "workers": 2})
+    try:
+        meta = run_pretrain(pcfg, backbone="resnet18", out=tmp_path / "ddp.pt",
+                            data_dir=tmp_path / "data", progress=lambda _m: None)
+    finally:
+        ray.shutdown()
+    assert meta["workers"] == 2 and meta["images_seen"] == 40 and meta["iterations"] == 5
+    assert torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]["workers"] == 2
