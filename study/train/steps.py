@@ -55,7 +55,10 @@ def predict(model: nn.Module, dataset: InstanceDataset, *, indices: list[int] | 
     category_ids = dataset.split.category_ids
     subset = torch.utils.data.Subset(dataset, indices if indices is not None else range(len(dataset)))
     results: list[dict[str, Any]] = []
-    for images, targets in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
+    # Its own generator: an iterator draws a seed from the global RNG otherwise, and evaluating
+    # would change the RPN/RoI sampling of the training that follows (and so depend on eval_period).
+    loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate, generator=torch.Generator())
+    for images, targets in loader:
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets):
             boxes = out["boxes"].cpu()

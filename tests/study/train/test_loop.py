@@ -119,3 +119,18 @@ def test_a_trial_on_the_real_fruits_set(fruits: Path, tmp_path: Path, tiny_cfg: 
     assert row["images_seen"] == 32 and row["pixels_seen"] == 32 * 96 * 128
 
 
+
+
+def test_evaluating_does_not_change_the_training(tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
+    """Evaluations every 2 iterations or only at the end: the same weights and the same final AP
+    (prediction draws nothing from the RNG that RPN/RoI sampling uses)."""
+    from models.init import load_state_file
+
+    for period in (2, 8):
+        cfg = study_from_dict({**to_dict(tiny_cfg), "solver": {**to_dict(tiny_cfg.solver), "eval_period": period}})
+        train_trial(cfg, tiny_trial, out_dir=tmp_path / str(period), data_root=tmp_path)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "2")] == [2, 4, 6, 8]
+    often, rarely = read_metrics(tmp_path / "2")[-1], read_metrics(tmp_path / "8")[-1]
+    assert (often["bbox_AP"], often["segm_AP"]) == (rarely["bbox_AP"], rarely["segm_AP"])
+    a, b = (load_state_file(tmp_path / p / "checkpoint.pt")["model"] for p in ("2", "8"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
