@@ -175,10 +175,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: str, report: str) -> None:
     print(f"\n{summary}\n")
-    print(f"report: {report} (and report.html, figures, results.parquet/.csv beside it)")
+    print(f"report: {report} (and report.html, claims.json, figures, results.parquet/.csv beside it)")
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.tol is not None and args.tol <= 0:
+        raise ConfigError("--tol", f"{args.tol!r} must be > 0 (AP)")
     from study.tune.storage import is_uri, open_run
 
     if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
@@ -334,13 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = verbs.add_parser(
         "analyze", help="tables, figures and a report from a study run's stored results",
         description=f"Read RUN_DIR/{layout.TRIALS}/*/{layout.METRICS} (no Ray needed) and write report.md, a "
-                    "self-contained report.html, the figures and results.parquet/.csv; print the "
-                    "summary. Works on a run still in progress (partial results, stated as such).")
+                    "self-contained report.html, claims.json (the paper's claims with 95% intervals "
+                    "over paired seeds and a verdict each), the figures and results.parquet/.csv; "
+                    "print the summary. Works on a run still in progress (partial results, stated as such).")
     analyze.add_argument("run_dir", help="a study run: STORAGE/NAME, e.g. runs/default or s3://bucket/runs/NAME")
     analyze.add_argument("--out", type=Path, default=None,
                          help="report folder (default RUN_DIR/report; NAME-report here for a URI)")
-    analyze.add_argument("--tol", type=float, default=0.5,
-                         help="AP within which scratch counts as caught up (default 0.5; or the seed spread)")
+    analyze.add_argument("--tol", type=float, default=None,
+                         help="narrow the catch-up margin to this many AP (it cannot widen the study "
+                              "file's analysis.margin, nor its cap of max(1.5, 5%% of pretrained's AP))")
     analyze.set_defaults(func=_cmd_analyze)
 
     plan = verbs.add_parser(

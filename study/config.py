@@ -1,6 +1,7 @@
 """The typed study configuration: frozen dataclasses loaded from a YAML file in `search_spaces/`.
 
-One tree flows top-down: `StudyConfig` holds `data`, `model`, `solver`, `grid`, `lr` and `resources`.
+One tree flows top-down: `StudyConfig` holds `data`, `model`, `pretrain`, `solver`, `grid`, `lr`,
+`resources` and `analysis`.
 Every value is checked when the file is loaded, before Ray starts; an error names the file, the key
 (as a dotted path), the bad value and what is allowed. Unknown keys are errors, not silently ignored.
 
@@ -255,6 +256,24 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """How `study analyze` judges the paper's claims, fixed before the run (see README "Results")."""
+
+    # The one iteration at which "pretrained is ahead early" is tested (the evaluation at or before
+    # it, on the longest schedule's curve); default: half of the 1x schedule.
+    early_iteration: int | None = None
+    # AP within which scratch counts as having caught up (an equivalence margin). The analysis caps
+    # it at max(1.5, 5% of the pretrained arm's AP) (the paper's 3x gap: 1.3 AP at ~40 AP), and at a
+    # quarter of that AP.
+    margin: float = 1.5
+
+    def __post_init__(self) -> None:
+        require(self.early_iteration is None or self.early_iteration > 0, "early_iteration",
+                 f"{self.early_iteration!r} must be > 0, or null for half of the 1x schedule")
+        require(self.margin > 0, "margin", f"{self.margin!r} must be > 0 (AP)")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: one YAML file in `search_spaces/`."""
 
@@ -266,12 +285,17 @@ class StudyConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     lr: LRConfig = field(default_factory=lambda: LRConfig(values=(0.02,)))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
                  f"{self.name!r} must be a non-empty folder name (no '/', not starting with '.')")
         for multiplier in self.grid.schedule:
             self.solver.iterations(multiplier)  # drops after warm-up, or a ConfigError
+        longest = self.solver.iterations(max(self.grid.schedule))[0]
+        early = self.analysis.early_iteration
+        require(early is None or early <= longest, "analysis.early_iteration",
+                f"{early!r} is past the end of the longest schedule (iteration {longest})")
         if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
             raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
                               "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")

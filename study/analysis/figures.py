@@ -1,5 +1,5 @@
-"""The study's figures (matplotlib, PNG): learning curves, final AP vs schedule, samples seen,
-LR sensitivity. Each function takes `load_results`' frame and writes one file."""
+"""The study's figures (matplotlib, PNG): learning curves, the paired gap curve, final AP vs
+schedule, samples seen, LR sensitivity. Each function takes `load_results`' frame and writes one file."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def learning_curves(df: pd.DataFrame, out: Path, *, milestones: dict[float, list[int]] | None = None,
                     metric: str = "bbox_AP") -> Path:
     """bbox AP vs iteration, one panel per training-set size: scratch (blue) vs pretrained
-    (orange), one line style per schedule (mean over finished seeds at the best LR), LR drops
-    marked with a tick on each line (the paper's Fig. 1/4/5)."""
+    (orange), one line style per schedule at the best LR, a thin line per finished seed and the
+    mean bold, LR drops marked with a tick on the mean (the paper's Fig. 1/4/5)."""
     rows = at_best_lr(df, metric)
     rows = rows[rows["trial"].isin(finished_finals(df)["trial"]) & rows[metric].notna()]
     sizes = _sizes(df)
@@ -40,10 +40,14 @@ def learning_curves(df: pd.DataFrame, out: Path, *, milestones: dict[float, list
     schedules = sorted(rows["schedule"].unique())
     for ax, size in zip(axes[0], sizes):
         for (init, schedule), part in rows[rows["size"] == size].groupby(["init", "schedule"]):
-            curve = part.groupby("iteration")[metric].mean()
             style = STYLES[schedules.index(schedule) % len(STYLES)]
+            for _, seed in part.groupby("seed"):
+                seed = seed.sort_values("iteration")
+                ax.plot(seed["iteration"], seed[metric], color=COLORS.get(init), linestyle=style,
+                        linewidth=0.7, alpha=0.35)
+            curve = part.groupby("iteration")[metric].mean()
             ax.plot(curve.index, curve.values, color=COLORS.get(init), linestyle=style, marker=".",
-                    label=f"{init} {schedule:g}x")
+                    linewidth=2, label=f"{init} {schedule:g}x (mean of {part['seed'].nunique()})")
             for drop in (milestones or {}).get(schedule, []):
                 y = curve.reindex(curve.index.union([drop])).interpolate("index").get(drop)
                 if y is not None and pd.notna(y):
@@ -52,7 +56,37 @@ def learning_curves(df: pd.DataFrame, out: Path, *, milestones: dict[float, list
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric} (val)")
-    axes[0][-1].legend(fontsize=8, ncol=2, title="▼ LR drop" if milestones else None, title_fontsize=8)
+    axes[0][-1].legend(fontsize=8, ncol=2, title="thin: one seed; ▼ LR drop" if milestones else "thin: one seed",
+                       title_fontsize=8)
+    return _save(fig, out)
+
+
+def gap_curve(gaps: pd.DataFrame, out: Path, *, margins: dict[str, float] | None = None,
+              metric: str = "bbox_AP") -> Path:
+    """The paired gap pretrained - scratch vs iteration on each size's longest schedule, with its
+    95% interval as a band (where there are two seeds or more), a zero line and the catch-up
+    margin of each size (`margins`): the picture of "faster early, then caught up". `gaps` is
+    `claims.paired_gaps`."""
+    sizes = list(dict.fromkeys(gaps["size"]))
+    fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(5.5 * max(1, len(sizes)), 4.0), squeeze=False,
+                             sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        part = gaps[gaps["size"] == size]
+        part = part[part["schedule"] == part["schedule"].max()].sort_values("iteration")
+        ax.axhline(0, color="black", linewidth=0.8)
+        margin = (margins or {}).get(size)
+        if margin is not None:
+            ax.axhspan(-margin, margin, color="tab:green", alpha=0.08, label=f"±{margin:g} AP margin")
+        ax.fill_between(part["iteration"], part["ci_low"], part["ci_high"], color="tab:purple", alpha=0.25,
+                        label="95% interval (paired seeds)")
+        low, high = int(part["n_seeds"].min()), int(part["n_seeds"].max())
+        ax.plot(part["iteration"], part["gap"], color="tab:purple", marker="o", linewidth=2,
+                label=f"gap, {part['schedule'].max():g}x, {low if low == high else f'{low}-{high}'} seed(s)")
+        ax.set_title(f"{size} training images")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"pretrained - scratch, {metric}")
+    axes[0][-1].legend(fontsize=8)
     return _save(fig, out)
 
 

@@ -1,7 +1,9 @@
 """`study analyze`: the report of a study run, as Markdown and as one self-contained HTML file.
 
-It states the findings in sentences derived from the numbers, then the tables, the figures, what
-the run used (hardware, time) and its config. It works on a run still in progress: the header
+It opens with the paper's claims judged on this study's results (`study.analysis.claims`: paired
+seeds, 95% intervals, a verdict each, the rule beside it; also written as `claims.json`), states
+in sentences only what the intervals support, then the tables, the figures, what the run used
+(hardware, time) and its config. It works on a run still in progress: the header
 says how many of the planned trials have finished, and only finished trials enter the numbers.
 """
 
@@ -16,55 +18,63 @@ from typing import Any
 import pandas as pd
 
 from study import layout
-from study.analysis import figures, tables
+from study.analysis import claims, figures, tables
 from study.analysis.results import export_results, final_rows, load_results, run_config
-from study.config import study_from_dict
+from study.config import AnalysisConfig, StudyConfig, study_from_dict
 from study.plan.budget import plan_study
 from study.plan.schedule import schedule_for
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
-                 tol: float = 0.5) -> tuple[Path, str]:
-    """Write report.md, report.html, results.parquet/.csv and the figures; returns report.md's
-    path and the short summary (`tables.summary`, same results, same tolerance)."""
+                 tol: float | None = None) -> tuple[Path, str]:
+    """Write report.md, report.html, claims.json, results.parquet/.csv and the figures; returns
+    report.md's path and the short summary (`summary`: the same results and verdicts). `tol`
+    narrows the catch-up margin (it cannot widen it)."""
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else run_dir / layout.REPORT
     out.mkdir(parents=True, exist_ok=True)
     df = load_results(run_dir)
     export_results(df, out)
     raw = run_config(run_dir)
     cfg = study_from_dict(raw) if raw else None
-    unit = cfg.solver.unit_iters if cfg else None
     info = layout.read_run_info(run_dir)
+    found, omitted = _judge(df, cfg, tol)
+    claims.write_claims(found, out)
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
     planned = plan_study(cfg).trials if cfg else None
     state = ("complete" if planned is not None and ended >= planned and ended == len(finals)
              else f"partial: {ended} of {planned if planned is not None else '?'} planned trials ended")
-    sections: list[tuple[str, Any]] = []  # (title, str | DataFrame | Path)
+    sections: list[tuple[str, Any]] = []  # (title, str | list[str] | DataFrame | Path)
     if df.empty:
         sections.append(("Findings", "No trial has reported yet."))
     else:
+        sections += [
+            ("The paper's claims (pretrained - scratch, bbox AP; 95% intervals over paired seeds)",
+             _claims_table(found)),
+            ("Findings", _findings(found, omitted)),
+            ("How the verdicts are reached", [claims.INTERVAL_RULE] + [
+                f"{c.claim}{f' ({c.init})' if c.init else ''}, {c.size}: {c.rule}" for c in found]),
+        ]
         table = tables.final_table(df)
-        sections.append(("Findings", tables.findings(df, unit, tol=tol)))
         for size, pivot in tables.table1(table).items():
             sections.append((f"Final bbox AP, {size} training images (mean ± half the range over "
                              "seeds, at each cell's best LR)", pivot.reset_index()))
+        gaps = claims.paired_gaps(df)
         sections += [
             ("Best LR and seeds per cell", table),
-            (f"Catch-up (tolerance {tol:g} AP or the seed spread)", tables.catch_up(table, tol)),
-            ("Early-convergence gap (pretrained - scratch)",
-             tables.early_gap(df, unit) if unit else pd.DataFrame()),
-            ("Overfitting (final AP past the peak schedule)", tables.overfitting(table, tol)),
+            ("Paired gap at every evaluation (pretrained - scratch, each arm at its best LR)", gaps),
             ("LR sensitivity (final bbox AP per LR)", tables.lr_sensitivity(df)),
             ("Samples seen (pre-training included)", tables.samples_seen(df)),
             ("Problems (not in any average)", tables.problems(df)),
         ]
         milestones = ({s: list(schedule_for(s, cfg.solver).milestones) for s in cfg.grid.schedule}
                       if cfg else None)
+        margins = {c.size: c.margin for c in found if c.claim == "catches_up" and c.margin is not None}
         sections += [
             ("Learning curves", figures.learning_curves(df, out / "learning_curves.png", milestones=milestones)),
+            ("Paired gap vs iteration", figures.gap_curve(gaps, out / "gap_curve.png", margins=margins)),
             ("Final AP vs schedule", figures.final_vs_schedule(df, out / "final_vs_schedule.png")),
             ("Samples seen", figures.samples_bars(df, out / "samples_seen.png")),
             ("LR sensitivity", figures.lr_curves(df, out / "lr_sensitivity.png")),
@@ -75,7 +85,54 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     title = f"Study {raw.get('name', run_dir.name)}: scratch vs pretrained ({state})"
     (out / "report.md").write_text(_markdown(title, sections))
     (out / "report.html").write_text(_html(title, sections))
-    return out / "report.md", tables.summary(df, unit, tol=tol)
+    return out / "report.md", _summary(df, found, omitted)
+
+
+def _judge(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None) -> tuple[list[claims.Claim], list[str]]:
+    settings = cfg.analysis if cfg else AnalysisConfig()
+    point = claims.early_point(settings.early_iteration, cfg.solver.unit_iters) if cfg else None
+    return claims.judge(df, early_point=point, margin=settings.margin, tol=tol)
+
+
+def summary(df: pd.DataFrame, cfg: StudyConfig | None = None, tol: float | None = None) -> str:
+    """The text `study run` and `study analyze` print: the verdicts first, then the final-AP tables."""
+    return _summary(df, *_judge(df, cfg, tol))
+
+
+def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], metric: str = "bbox_AP") -> str:
+    if df.empty:
+        return "no results yet"
+    parts = [f"the paper's claims (pretrained - scratch, {metric}):", f"  {claims.INTERVAL_RULE}"]
+    rows = _claims_table(found).drop(columns="paper (COCO)")  # in the report; too wide for a terminal
+    parts += ["  " + line for line in (rows.to_string(index=False).splitlines() if len(rows) else ["(none)"])]
+    parts.append("")
+    parts += [f"- {line}" for line in _findings(found, omitted)]
+    parts.append("")
+    parts.append(f"final {metric} at each cell's best LR (mean ± half the range over seeds):")
+    for size, pivot in tables.table1(tables.final_table(df, metric)).items():
+        parts.append(f"  {size} training images")
+        parts += ["    " + line for line in pivot.to_string().splitlines()]
+    bad = tables.problems(df)
+    if len(bad):
+        parts.append(f"- Not in the means: {len(bad)} trial(s) did not finish: " + "; ".join(
+            f"{r['trial']} {r['status']} at iteration {r['iteration']}" for _, r in bad.iterrows()) + ".")
+    return "\n".join(parts)
+
+
+def _claims_table(found: list[claims.Claim]) -> pd.DataFrame:
+    """claim | size | where | the paper on COCO | this study's gap (95% interval) | seeds | verdict."""
+    return pd.DataFrame([{"claim": c.claim + (f" ({c.init})" if c.init else ""), "size": c.size,
+                          "where": claims.where(c), "paper (COCO)": c.paper,
+                          "this study: gap (95% interval)": claims.interval_text(c), "seeds": c.n_seeds,
+                          "verdict": c.verdict} for c in found],
+                        columns=["claim", "size", "where", "paper (COCO)", "this study: gap (95% interval)",
+                                 "seeds", "verdict"])
+
+
+def _findings(found: list[claims.Claim], omitted: list[str]) -> list[str]:
+    """One sentence per claim (a claim is stated only when SUPPORTED or CONTRADICTED), then what
+    could not be judged, once each."""
+    return [claims.sentence(c) for c in found] + [f"Not judged: {line}." for line in omitted]
 
 
 def _run_text(info: layout.RunInfo | None, df: pd.DataFrame) -> str:

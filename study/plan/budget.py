@@ -53,6 +53,30 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
         + lineages * (len(grid.schedule) - 1))
 
 
+MIN_EVALUATIONS_LONGEST, MIN_EVALUATIONS_SHORTEST = 6, 2  # a learning curve needs points
+
+
+def evaluations(multiplier: float, cfg: StudyConfig) -> int:
+    """How many evaluations the `multiplier`x schedule has: every `eval_period`, and at its end."""
+    max_iter = schedule_for(multiplier, cfg.solver).max_iter
+    period = cfg.solver.eval_period
+    return max_iter // period + (1 if max_iter % period else 0)
+
+
+def evaluation_warnings(cfg: StudyConfig) -> list[str]:
+    """Warnings when the curves would have too few points to judge a claim on."""
+    out = []
+    longest, shortest = max(cfg.grid.schedule), min(cfg.grid.schedule)
+    for multiplier, least, what in ((longest, MIN_EVALUATIONS_LONGEST, "longest"),
+                                    (shortest, MIN_EVALUATIONS_SHORTEST, "shortest")):
+        n = evaluations(multiplier, cfg)
+        if n < least and (what == "longest" or multiplier != longest):
+            out.append(f"warning: the {what} schedule ({multiplier:g}x) has {n} evaluation(s) at "
+                       f"solver.eval_period {cfg.solver.eval_period}; its learning curve needs at least "
+                       f"{least}: lower solver.eval_period")
+    return out
+
+
 def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
                 s_per_iter: float | None = None) -> str:
     """The plan as the `study plan` command prints it; `checkpoint_bytes` is the size of one
@@ -83,6 +107,9 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
               "point until its branch starts"
               + (f", Ray Train's last {TRAIN_CHECKPOINTS_KEPT} per trial" if plan.workers_per_trial > 1 else "")
               + f"), {_size(checkpoint_bytes * plan.trials)} when done; plus data and metric logs"]
+    lines.append("evaluations: " + ", ".join(f"{s:g}x {evaluations(s, cfg)}" for s in sorted(grid.schedule))
+                 + f" (every {cfg.solver.eval_period} iterations and at the end)")
+    lines += evaluation_warnings(cfg)
     if s_per_iter is not None:
         for label, iters in (("with forking", plan.iterations_forked),
                              ("without", plan.iterations_separate)):

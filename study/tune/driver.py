@@ -22,7 +22,7 @@ from typing import Any
 from study import layout
 from study.config import StudyConfig, dump_study
 from study.errors import ConfigError
-from study.plan.budget import plan_study
+from study.plan.budget import evaluation_warnings, plan_study
 from study.plan.trials import Point
 from study.tune.launch import start_ray
 from study.tune.preflight import check_study_data
@@ -100,6 +100,8 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
     iterations = plan.iterations_forked if forking else plan.iterations_separate
     print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations"
           f"{' with forking' if forking else ''} -> {run_dir}")
+    for line in evaluation_warnings(cfg):
+        print(line)
     print(f"watch: tensorboard --logdir {store.uri(name, layout.TUNE)}"
           + (f"   |   Ray dashboard: http://{dashboard}" if dashboard else ""), flush=True)
     tune_dir = store.uri(name, layout.TUNE)
@@ -153,7 +155,7 @@ class StudyRun:
 
 def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,
               address: str | None = None, resume: bool = False, forking: bool = True,
-              tol: float = 0.5) -> StudyRun:
+              tol: float | None = None) -> StudyRun:
     """`study run`: `run_study`, then `run.json` and the report beside the trials (on a URI store
     the results are analysed in a local copy and the report is pushed back)."""
     start, started = time.perf_counter(), _now()
@@ -176,7 +178,8 @@ def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     return StudyRun(summary=summary, report=report, phases_s=timings)
 
 
-def analyze_stored(store: Store, name: str, *, out: Path | None = None, tol: float = 0.5) -> tuple[str, str]:
+def analyze_stored(store: Store, name: str, *, out: Path | None = None,
+                   tol: float | None = None) -> tuple[str, str]:
     """Write the report of the run `name` in `store` (default: its report/ folder; for a URI store
     without `out`, pushed there); returns (the summary, where report.md is)."""
     from study.analysis.report import write_report

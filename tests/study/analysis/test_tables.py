@@ -82,30 +82,14 @@ def test_final_table_takes_the_best_lr_and_skips_the_diverged(run: Path) -> None
     assert tables.table1(tables.final_table(df))["1000"].loc["scratch", "3x"] == "32.8 ± 0.1"
 
 
-def test_catch_up_at_3x_and_no_catch_up(run: Path) -> None:
-    up = tables.catch_up(tables.final_table(load_results(run))).set_index("size")
-    assert up.loc["1000", "catch_up_schedule"] == 3.0
-    assert up.loc["1000", "pretrained_best"] == pytest.approx(33.0)
-    assert math.isnan(up.loc["100", "catch_up_schedule"])
-    assert up.loc["100", "scratch_best"] == pytest.approx(7.0) and up.loc["100", "scratch_best_schedule"] == 4.0
-    strict = tables.catch_up(tables.final_table(load_results(run)), tol=0.1).set_index("size")
-    assert strict.loc["1000", "catch_up_schedule"] == 4.0  # 32.8 is not within 0.1 (or 0.1 spread) of 33
+def test_paired_gaps_and_samples_seen(run: Path) -> None:
+    from study.analysis.claims import paired_gaps
 
-
-def test_overfitting_finds_the_peak_then_fall(run: Path) -> None:
-    over = tables.overfitting(tables.final_table(load_results(run))).set_index(["size", "init"])
-    assert over.loc[("100", "pretrained"), "degrades"]
-    assert over.loc[("100", "pretrained"), "peak_schedule"] == 2.0
-    assert over.loc[("100", "pretrained"), "fall"] == pytest.approx(3.0)
-    assert not over.loc[("1000", "pretrained"), "degrades"]  # 33 -> 33: flat, not a fall
-    assert not over.loc[("100", "scratch"), "degrades"]
-
-
-def test_early_gap_and_samples_seen(run: Path) -> None:
     df = load_results(run)
-    gap = tables.early_gap(df, UNIT, fractions=(0.5, 1.0))
-    first = gap[gap["fraction"] == 0.5].set_index("size")
-    assert first.loc["1000", "iteration"] == 10 and first.loc["1000", "gap"] == pytest.approx(6.0)
+    gaps = paired_gaps(df).set_index(["size", "schedule", "iteration"])
+    early = gaps.loc[("1000", 3.0, 10)]  # pretrained 8 +- 0.1 vs scratch 2 +- 0.1, the same bump per seed
+    assert early["n_seeds"] == 2 and early["gap"] == pytest.approx(6.0) and early["se"] == pytest.approx(0.0)
+    assert gaps.loc[("100", 4.0, 80), "gap"] == pytest.approx(9 - 7)
     seen = tables.samples_seen(df).set_index(["size", "init", "schedule"])
     assert seen.loc[("1000", "pretrained", 3.0), "total_images_seen"] == 2 * 60 + 1000
     assert seen.loc[("1000", "scratch", 3.0), "total_images_seen"] == 2 * 60
@@ -113,28 +97,27 @@ def test_early_gap_and_samples_seen(run: Path) -> None:
     assert bad["status"].tolist() == ["diverged"] and bad["iteration"].tolist() == [5]
 
 
-def test_findings_and_the_report(run: Path, capsys: pytest.CaptureFixture) -> None:
-    text = tables.findings(load_results(run), UNIT)
-    assert ("On 1000 training images, scratch catches up with pretrained at 3x: 32.8 vs 33.0 bbox_AP "
-            "(pretrained's best, at 3x; tolerance 0.5 AP or the seed spread).") in text
-    assert ("On 100 training images, scratch does not catch up: its best is 7.0 bbox_AP at 4x "
-            "against pretrained's 12.0 at 2x.") in text
-    assert "Pretrained on 100 images peaks at 2x (12.0 bbox_AP) and falls to 9.0 at 4x: it overfits " \
-           "with longer training." in text
-    assert "Not in the averages: 1 diverged trial(s) (listed under problems)." in text
+def test_the_report_and_the_cli(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["analyze", str(run), "--out", str(run / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "scratch catches up with pretrained at 3x" in printed
+    assert printed.lstrip().startswith("the paper's claims (pretrained - scratch, bbox_AP):")
+    # two seeds with the same bump in both arms: the paired gaps have no spread, so the verdicts hold
+    assert "On 1000 training images scratch catches up by 4x" in printed
+    assert "On 100 training images pretrained overfits with longer training: its AP falls by 3.0 from 2x to 4x" \
+        in printed
+    assert "Not in the means: 1 trial(s) did not finish: scratch_2x_n1000_lr0.04_s2 diverged at iteration 5." \
+        in printed
     md = (run / "out" / "report.md").read_text()
-    assert md.startswith("# Study toy: scratch vs pretrained (complete)")
-    for name in ("learning_curves", "final_vs_schedule", "samples_seen", "lr_sensitivity"):
+    assert md.startswith("# Study toy: scratch vs pretrained (complete)\n\n## The paper's claims")
+    for name in ("learning_curves", "gap_curve", "final_vs_schedule", "samples_seen", "lr_sensitivity"):
         png = run / "out" / f"{name}.png"
-        assert png.read_bytes()[:4] == b"\x89PNG" and "![" in md and f"({name}.png)" in md
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"({name}.png)" in md
     assert "data:image/png;base64," in (run / "out" / "report.html").read_text()
-    assert (run / "out" / "results.parquet").is_file() and (run / "out" / "results.csv").is_file()
+    for name in ("results.parquet", "results.csv", "claims.json"):
+        assert (run / "out" / name).is_file(), name
     assert main(["analyze", str(run / "nope")]) == 2
-    assert main(["analyze", str(run), "--out", str(run / "strict"), "--tol", "0.1"]) == 0
-    assert "scratch catches up with pretrained at 4x" in capsys.readouterr().out  # printed with --tol too
+    assert main(["analyze", str(run), "--tol", "0"]) == 2
+    assert "--tol: 0.0 must be > 0 (AP)" in capsys.readouterr().err
     # a run in progress: one trial still running
     (run / "trials" / "scratch_1x_n100_lr0.02_s0" / "metrics.jsonl").write_text(
         json.dumps({"iteration": 10, "status": "running", "init": "scratch", "schedule": 1, "base_lr": 0.02,

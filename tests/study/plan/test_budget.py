@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from study.config import GridConfig, LRConfig, load_study
-from study.plan.budget import format_plan, plan_study
+from study.plan.budget import evaluation_warnings, evaluations, format_plan, plan_study
 from study.plan.schedule import fork_points
 from study.plan.trials import sizes
 from tests.conftest import REPO
@@ -70,3 +70,18 @@ def test_the_disk_estimate_counts_every_checkpoint_file() -> None:
     assert "375.2 MB when done" in text
     several = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, workers=2))
     assert plan_study(several).checkpoint_files == 4 * (1 + 2) + 2  # and Ray Train's last 2 per trial
+
+
+def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
+    default = load_study(REPO / "search_spaces" / "default.yaml")
+    assert [evaluations(s, default) for s in default.grid.schedule] == [2, 4, 6]  # every 15 of 30/60/90
+    assert evaluation_warnings(default) == []  # the shipped default has 6 on its longest schedule
+    text = format_plan(default, plan_study(default), checkpoint_bytes=1)
+    assert "evaluations: 1x 2, 2x 4, 3x 6 (every 15 iterations and at the end)" in text
+    sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=40))
+    assert [evaluations(s, sparse) for s in sparse.grid.schedule] == [1, 2, 3]  # 30 | 40, 60 | 40, 80, 90
+    assert evaluation_warnings(sparse) == [
+        "warning: the longest schedule (3x) has 3 evaluation(s) at solver.eval_period 40; its learning curve "
+        "needs at least 6: lower solver.eval_period",
+        "warning: the shortest schedule (1x) has 1 evaluation(s) at solver.eval_period 40; its learning curve "
+        "needs at least 2: lower solver.eval_period"]

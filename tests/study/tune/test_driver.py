@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from study.analysis.claims import load_claims
 from study.analysis.results import final_rows, load_results
 from study.cli import main
 from study.config import load_study
@@ -56,6 +57,17 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
     assert store.listdir(f"forked/trials/{trunk}") == ["checkpoint.pt", "metrics.jsonl"]
 
     assert store.exists("forked/report/results.parquet") and store.exists("forked/run.json")
+    # one seed: every claim is judged INCONCLUSIVE, and the report says so first
+    pulled = load_claims(tmp_path / "pulled")
+    assert len(pulled) == 2 + 2 and set(pulled["verdict"]) == {"INCONCLUSIVE"}  # 2 comparisons, 2 arms' overfits
+    assert (pulled["n_seeds"] == 1).all() and pulled["ci_low"].isna().all()
+    assert set(pulled["claim"]) == {"faster_early", "catches_up", "overfits"}
+    md = store.read_text("forked/report/report.md").splitlines()
+    assert md[2].startswith("## The paper's claims") and all("INCONCLUSIVE" in line for line in md[6:10])
+    assert printed.index("the paper's claims") < printed.index("final bbox_AP at each cell's best LR")
+    assert "1 seed, which gives no interval" in printed
+    assert "Not judged: small_data_gap: one training-set size in this study" in printed
+    assert json.loads(store.read_text("forked/report/claims.json"))[0]["verdict"] == "INCONCLUSIVE"
 
     copy = fetch_run(store, "forked", tmp_path / "copy")  # metric logs, fork records; no checkpoints
     assert (copy / "study.yaml").is_file() and (copy / "run.json").is_file()

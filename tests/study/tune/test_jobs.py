@@ -58,8 +58,10 @@ def test_a_killed_ray_train_worker_resumes_from_the_checkpoint(tmp_path: Path,
         deadline = time.time() + 120
         while time.time() < deadline and not read_metrics(tmp_path / "killed"):
             time.sleep(0.05)
-        workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                                   ("state", "=", "ALIVE")])]
+        # this test's Ray instance (another one on the machine must not make the lookup ambiguous)
+        address = ray.get_runtime_context().gcs_address
+        workers = [a for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"),
+                                                                    ("state", "=", "ALIVE")])]
         pid = max(a.pid for a in workers)  # either rank will do; one worker is enough
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
