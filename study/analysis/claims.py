@@ -247,6 +247,7 @@ def judge(df: pd.DataFrame, *, early_point: int | None, margin: float = 1.5, tol
         lacking = "pretrained" if "pretrained" not in inits else "scratch"
         omitted.append(f"no finished {lacking} arm in this study: faster_early, catches_up and "
                        "small_data_gap compare the two arms")
+    single: dict[str, list[str]] = {}  # arm -> the sizes where it finished one schedule only
     for size in sizes:
         c = curves[curves["size"] == size]
         if both:
@@ -255,8 +256,11 @@ def judge(df: pd.DataFrame, *, early_point: int | None, margin: float = 1.5, tol
             arm = table[(table["size"] == size) & (table["init"] == init)]
             if len(arm) >= 2:
                 claims.append(_overfits(df, c[c["init"] == init], arm, size, init, metric))
-            elif len(arm) == 1 and size == sizes[0]:
-                omitted.append(f"overfits ({init}): one schedule in this study: no fall to look for")
+            elif len(arm) == 1:
+                single.setdefault(init, []).append(size)
+    for init, where in single.items():
+        omitted.append(f"overfits ({init}): one finished schedule on {', '.join(where)} images: no fall to "
+                       "look for")
     small = smallest_size(sizes)
     if both and small is not None:
         claims.append(_small_data_gap(df, curves[curves["size"] == small], table, small, metric))
@@ -392,8 +396,7 @@ def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
         if claim.n_seeds == 0:
             return f"{who}: INCONCLUSIVE: no seed finished in both arms."
         if claim.n_seeds == 1:
-            return (f"{who}: INCONCLUSIVE: the gap is {claim.gap:+.1f} AP with 1 seed, which gives no "
-                    "interval; list more grid.seeds to judge it.")
+            return f"{who}: INCONCLUSIVE: the gap is {claim.gap:+.1f} AP with 1 seed (no interval)."
         # the interval's half-width that would decide it: the margin for an equivalence, else 1 AP
         target = claim.margin if claim.claim == "catches_up" and claim.margin else RESOLVE_AP
         goal = (f"narrow the interval to the ±{target:g} AP margin" if claim.claim == "catches_up"
@@ -420,6 +423,10 @@ def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
                 f"{claim.other_schedule:g}x to {claim.schedule:g}x {iv}; {claim.detail}.")
     return (f"{on} {claim.init} does not overfit: its AP rises by {-claim.gap:.1f} from {claim.other_schedule:g}x "
             f"to {claim.schedule:g}x {iv}.")
+
+
+ONE_SEED = ("With 1 seed there is no interval, so a claim judged on one seed is INCONCLUSIVE: list "
+            "more grid.seeds to judge it")
 
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:

@@ -132,7 +132,8 @@ def _claims_table(found: list[claims.Claim]) -> pd.DataFrame:
 def _findings(found: list[claims.Claim], omitted: list[str]) -> list[str]:
     """One sentence per claim (a claim is stated only when SUPPORTED or CONTRADICTED), then what
     could not be judged, once each."""
-    return [claims.sentence(c) for c in found] + [f"Not judged: {line}." for line in omitted]
+    one = [claims.ONE_SEED + "."] if any(c.n_seeds == 1 for c in found) else []
+    return [claims.sentence(c) for c in found] + one + [f"Not judged: {line}." for line in omitted]
 
 
 def _run_text(info: layout.RunInfo | None, df: pd.DataFrame) -> str:
@@ -185,7 +186,7 @@ def _html(title: str, sections: list[tuple[str, Any]]) -> str:
         if isinstance(body, list):
             parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in body) + "</ul>")
         elif isinstance(body, pd.DataFrame):
-            parts.append("<p>(none)</p>" if body.empty else body.to_html(index=False, float_format=_fmt))
+            parts.append("<p>(none)</p>" if body.empty else body.to_html(index=False, float_format=_fmt, na_rep=""))
         elif isinstance(body, Path):
             data = base64.b64encode(body.read_bytes()).decode()
             parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")

@@ -66,7 +66,7 @@ def table1(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out = {}
     for size, part in table.groupby("size", sort=False):
         cells = part.assign(text=[f"{m:.1f} ± {s:.1f}" for m, s in zip(part["mean"], part["spread"])])
-        pivot = cells.pivot(index="init", columns="schedule", values="text")
+        pivot = cells.pivot(index="init", columns="schedule", values="text").fillna("-")  # - : no finished trial
         pivot.columns = [f"{c:g}x" for c in pivot.columns]
         out[str(size)] = pivot.reindex([i for i in ("scratch", "pretrained") if i in pivot.index])
     return out

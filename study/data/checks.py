@@ -233,6 +233,11 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
         report.instances_per_category[cid] = report.instances_per_category.get(cid, 0) + 1
         images_per_cat[cid].add(iid)
         images_with_instances.add(iid)
+    low = sorted(a for a in seen_ann if isinstance(a, int) and not isinstance(a, bool) and a < 1)
+    if low:
+        report.warning(f"annotation {low[0]}", f"{len(low)} annotation id(s) below 1 (ids start at {low[0]}): "
+                       "COCOeval reads a matched id 0 as 'unmatched', which would skew AP; handled: the "
+                       "evaluation renumbers the annotations from 1 (nothing to fix in the file)")
     report.images_per_category = {c: len(s) for c, s in images_per_cat.items()}
     report.images_without_instances = len(set(image_dims) - images_with_instances)
     for cid, name in sorted(report.categories.items()):

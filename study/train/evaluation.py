@@ -28,6 +28,29 @@ def default_backend() -> Backend:
     return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
 
 
+def evaluation_ground_truth(coco_gt: COCO) -> COCO:
+    """The ground truth as COCOeval needs it: annotation ids from 1.
+
+    COCOeval records, per detection, the id of the ground truth it matched, and reads 0 as
+    "unmatched": a detection matched to an annotation with id 0 counts as a false positive (three
+    perfect detections of annotations 0, 1, 2 score AP 44.2 instead of 100). Some labelling tools
+    export ids from 0, so a set with an id below 1 is evaluated on a copy whose annotations are
+    numbered 1..N in their order (`original_ids` maps them back); the user's file is untouched.
+    Built once per COCO object."""
+    ids = [a["id"] for a in coco_gt.dataset["annotations"]]
+    if all(isinstance(i, int) and i >= 1 for i in ids):
+        return coco_gt
+    renumbered = getattr(coco_gt, "_evaluation_gt", None)
+    if renumbered is None:
+        from study.data.coco import index_coco
+
+        renumbered = index_coco({**coco_gt.dataset, "annotations": [
+            {**a, "id": new} for new, a in enumerate(coco_gt.dataset["annotations"], start=1)]})
+        renumbered.original_ids = dict(enumerate(ids, start=1))  # type: ignore[attr-defined]
+        coco_gt._evaluation_gt = renumbered  # type: ignore[attr-defined]
+    return renumbered
+
+
 def _faster_ground_truth(coco_gt: COCO) -> Any:
     """faster-coco-eval's index of the same ground truth, built once per COCO object."""
     gt = getattr(coco_gt, "_faster_coco_eval_gt", None)
@@ -53,6 +76,7 @@ def evaluate_coco(coco_gt: COCO, detections: list[dict[str, Any]], iou_type: Iou
     if not detections:
         return {k: 0.0 for k in AP_KEYS}
     backend = backend or default_backend()
+    coco_gt = evaluation_ground_truth(coco_gt)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress and table
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster

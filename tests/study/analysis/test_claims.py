@@ -152,7 +152,7 @@ def test_one_seed_is_always_inconclusive(tmp_path: Path) -> None:
     assert len(found) == 2 * 2 + 1 + 4 and {c.verdict for c in found} == {"INCONCLUSIVE"}
     assert all(c.n_seeds == 1 and c.ci_low is not None and math.isnan(c.ci_low) for c in found)
     one = next(c for c in found if c.claim == "faster_early")
-    assert "with 1 seed, which gives no interval" in claims.sentence(one)
+    assert claims.sentence(one).endswith("INCONCLUSIVE: the gap is +2.0 AP with 1 seed (no interval).")
 
 
 def test_claims_json_and_the_report_open_with_the_verdicts(run: Path) -> None:

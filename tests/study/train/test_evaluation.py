@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from study.data.coco import load_coco
-from study.train.evaluation import AP_KEYS, evaluate_coco, ground_truth_as_detections
+from study.train.evaluation import AP_KEYS, BACKENDS, evaluate_coco, evaluation_ground_truth, ground_truth_as_detections
 
 
 def test_ground_truth_against_itself_is_ap_100_on_the_real_set(fruits: Path) -> None:
@@ -56,3 +56,62 @@ def test_faster_coco_eval_gives_pycocotools_numbers(fruits: Path) -> None:
         assert 20 < ref["AP"] < 95, ref  # neither trivial nor perfect
         for key in AP_KEYS:
             assert fast[iou][key] == pytest.approx(ref[key], abs=1e-4, nan_ok=True), (iou, key)
+
+
+def _ids_from(start: int) -> dict:
+    """Three images, one square each, annotation ids start, start + 1, start + 2."""
+    images = [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(3)]
+    annotations = [{"id": start + i, "image_id": i + 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                    "iscrowd": 0, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]} for i in range(3)]
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "square"}]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_annotation_ids_from_0_are_evaluated_correctly(backend: str) -> None:
+    """COCOeval reads a matched ground-truth id 0 as 'unmatched': without renumbering, the perfect
+    detection of annotation 0 is a false positive and AP is 44.2."""
+    from study.data.coco import index_coco
+
+    coco = index_coco(_ids_from(0))
+    dets = ground_truth_as_detections(coco)  # exactly the ground truth, annotation 0 included
+    for iou in ("bbox", "segm"):
+        assert evaluate_coco(coco, dets, iou, backend=backend)["AP"] == pytest.approx(100.0), iou
+    assert [a["id"] for a in coco.dataset["annotations"]] == [0, 1, 2]  # the set itself is untouched
+    assert evaluation_ground_truth(coco).original_ids == {1: 0, 2: 1, 3: 2}
+    ones = index_coco(_ids_from(1))
+    assert evaluation_ground_truth(ones) is ones  # ids from 1: evaluated as they are
+
+
+def test_study_data_check_warns_that_ids_from_0_are_handled(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from study.cli import main
+
+    path = tmp_path / "zero.json"
+    path.write_text(json.dumps(_ids_from(0)))
+    assert main(["data", "check", str(path)]) == 0  # a warning, not an error
+    out = capsys.readouterr().out
+    assert ("WARNING annotation 0: 1 annotation id(s) below 1 (ids start at 0): COCOeval reads a matched id 0 "
+            "as 'unmatched', which would skew AP; handled: the evaluation renumbers the annotations from 1") in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_real_set_renumbered_from_0_scores_as_it_does_from_1(fruits: Path, backend: str) -> None:
+    """fruits_nuts numbers its 165 annotations 1..165; the same set numbered 0..164 (as some tools
+    export it), with the same imperfect detections, gives every AP to the last digit."""
+    import json
+    import random
+
+    from study.data.coco import index_coco
+
+    data = json.loads((fruits / "annotations.json").read_text())
+    from_0 = index_coco({**data, "annotations": [{**a, "id": a["id"] - 1} for a in data["annotations"]]})
+    from_1 = index_coco(data)
+    rng = random.Random(1)
+    dets = [dict(d, score=rng.uniform(0.1, 1.0),
+                 bbox=[d["bbox"][0] + rng.uniform(-0.2, 0.2) * d["bbox"][2], d["bbox"][1], *d["bbox"][2:]])
+            for d in ground_truth_as_detections(from_1) if rng.random() < 0.8]
+    for iou in ("bbox", "segm"):
+        a, b = evaluate_coco(from_0, dets, iou, backend=backend), evaluate_coco(from_1, dets, iou, backend=backend)
+        assert 20 < a["AP"] < 95 and json.dumps(a) == json.dumps(b), (iou, a, b)  # NaN-safe: APs is NaN in both

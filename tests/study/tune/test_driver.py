@@ -65,7 +65,7 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
     md = store.read_text("forked/report/report.md").splitlines()
     assert md[2].startswith("## The paper's claims") and all("INCONCLUSIVE" in line for line in md[6:10])
     assert printed.index("the paper's claims") < printed.index("final bbox_AP at each cell's best LR")
-    assert "1 seed, which gives no interval" in printed
+    assert "With 1 seed there is no interval" in printed
     assert "Not judged: small_data_gap: one training-set size in this study" in printed
     assert json.loads(store.read_text("forked/report/claims.json"))[0]["verdict"] == "INCONCLUSIVE"
 
