@@ -181,11 +181,9 @@ def _print_summary(summary: str, report: str) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.tol is not None and args.tol <= 0:
         raise ConfigError("--tol", f"{args.tol!r} must be > 0 (AP)")
-    from study.tune.storage import is_uri, open_run
+    from study.tune.storage import analyze_stored, is_uri, open_run
 
     if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
-        from study.tune.driver import analyze_stored
-
         store, name = open_run(args.run_dir)
         out = (args.out or Path(f"{name}-report")).resolve()
         _print_summary(*analyze_stored(store, name, out=out, tol=args.tol))

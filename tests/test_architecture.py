@@ -55,6 +55,16 @@ def test_the_pure_packages_import_without_ray() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_study_tune_imports_ray_only_where_it_starts_ray_jobs() -> None:
+    """`study analyze s3://...`, `study trial --no-ray` and `study pretrain` need no Ray: of
+    study/tune, only the driver and the searcher import it when imported."""
+    code = ("import sys, study.cli, study.tune.storage, study.tune.forking, study.tune.weights, "
+            "study.tune.trial_fn, study.tune.preflight, study.tune.jobs, study.tune.launch; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_only_study_tune_and_the_cli_import_ray() -> None:
     offenders = []
     for name, path in _modules().items():

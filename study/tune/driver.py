@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from study.plan.trials import Point
 from study.tune.launch import start_ray
 from study.tune.preflight import check_study_data
 from study.tune.searcher import METRIC, MODE, StudySearcher
-from study.tune.storage import RunLock, Store, fetch_run, node_dir
+from study.tune.storage import RunLock, Store, analyze_stored, node_dir
 from study.tune.trial_fn import StudySetup, study_trial
 from study.tune.weights import weights_in_store
 
@@ -176,25 +175,6 @@ def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     timings["analysis"] = time.perf_counter() - tick
     run_info()
     return StudyRun(summary=summary, report=report, phases_s=timings)
-
-
-def analyze_stored(store: Store, name: str, *, out: Path | None = None,
-                   tol: float | None = None) -> tuple[str, str]:
-    """Write the report of the run `name` in `store` (default: its report/ folder; for a URI store
-    without `out`, pushed there); returns (the summary, where report.md is)."""
-    from study.analysis.report import write_report
-
-    if not store.remote:
-        run_dir = store.local(name)
-        report, summary = write_report(run_dir, out or run_dir / layout.REPORT, tol=tol)
-        return summary, str(report)
-    with tempfile.TemporaryDirectory() as tmp:  # analyse a local copy of the results
-        local = fetch_run(store, name, Path(tmp) / name)
-        report, summary = write_report(local, out or Path(tmp) / layout.REPORT, tol=tol)
-        if out is not None:
-            return summary, str(report)
-        store.put_tree(Path(tmp) / layout.REPORT, f"{name}/{layout.REPORT}")
-        return summary, store.uri(name, layout.REPORT, report.name)
 
 
 def _now() -> str:

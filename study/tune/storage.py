@@ -184,6 +184,25 @@ def open_run(run_uri: str) -> tuple[Store, str]:
     return store, name
 
 
+def analyze_stored(store: Store, name: str, *, out: Path | None = None,
+                   tol: float | None = None) -> tuple[str, str]:
+    """Write the report of the run `name` in `store` (default: its report/ folder; for a URI store
+    without `out`, pushed there); returns (the summary, where report.md is)."""
+    from study.analysis.report import write_report  # pandas and matplotlib: only when analysing
+
+    if not store.remote:
+        run_dir = store.local(name)
+        report, summary = write_report(run_dir, out or run_dir / layout.REPORT, tol=tol)
+        return summary, str(report)
+    with tempfile.TemporaryDirectory() as tmp:  # analyse a local copy of the results
+        local = fetch_run(store, name, Path(tmp) / name)
+        report, summary = write_report(local, out or Path(tmp) / layout.REPORT, tol=tol)
+        if out is not None:
+            return summary, str(report)
+        store.put_tree(Path(tmp) / layout.REPORT, f"{name}/{layout.REPORT}")
+        return summary, store.uri(name, layout.REPORT, report.name)
+
+
 def node_dir(kind: str) -> Path:
     """This node's own folder for `kind` (data: the synthetic set, made once per node; work:
     trials' scratch folders; pretrained: the backbone pulled from the store) when the study's
