@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="report folder (default RUN_DIR/report; NAME-report here for a URI)")
     analyze.add_argument("--tol", type=float, default=None,
                          help="narrow the catch-up margin to this many AP (it cannot widen the study "
-                              "file's analysis.margin, nor its cap of max(1.5, 5%% of pretrained's AP))")
+                              "file's analysis.margin, nor its cap: max(1.5, 5%% of pretrained's AP), and "
+                              "at most a quarter of that AP)")
     analyze.set_defaults(func=_cmd_analyze)
 
     plan = verbs.add_parser(
