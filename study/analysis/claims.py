@@ -41,6 +41,7 @@ from scipy import stats
 from study import layout
 from study.analysis.results import final_rows
 from study.analysis.tables import at_best_lr, final_table, finished_finals
+from study.plan.trials import Size
 
 LEVEL = 0.95
 INTERVAL_RULE = ("95% interval: mean of the paired per-seed gaps ± t(0.975, n-1) x sd / sqrt(n), "
@@ -177,11 +178,10 @@ def _size_order(column: pd.Series) -> pd.Series:
 
 def _size_key(label: str) -> tuple[int, float]:
     """Sorts sizes largest first: 'full', then counts, then fractions (each descending)."""
-    if label == "full":
-        return (0, 0.0)
-    if label.startswith("frac"):
-        return (2, -float(label[4:]))
-    return (1, -float(label))
+    size = Size.parse(label)
+    if size.data_fraction is not None:
+        return (2, -size.data_fraction)
+    return (0, 0.0) if size.train_images == "full" else (1, -float(size.train_images))  # type: ignore[arg-type]
 
 
 def smallest_size(sizes: Sequence[str]) -> str | None:
@@ -299,9 +299,7 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
         out.append(_claim("faster_early", size, iv, _verdict(iv, supported=iv.low > 0, contradicted=iv.high < 0),
                           rule, schedule=longest, iteration=it,
                           detail=_left_out(df, size, [longest], metric)))
-    finals = {s: pairs[(pairs["schedule"] == s) & (pairs["iteration"] == pairs.loc[pairs["schedule"] == s,
-                                                                                   "iteration"].max())]
-              for s in common}
+    finals = {s: _pairs(_final_seeds(pre, s, metric), _final_seeds(scr, s, metric), metric, []) for s in common}
     pre_ap = table.loc[(table["size"] == size) & (table["init"] == "pretrained")
                        & (table["schedule"] == longest), "mean"].iloc[0]
     cap = round(min(max(MARGIN_CAP_AP, MARGIN_CAP_FRACTION * pre_ap), MARGIN_CAP_RELATIVE * pre_ap), 2)
@@ -317,7 +315,8 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
              else "at no schedule does the gap's interval lie within the margin")
     out.append(_claim("catches_up", size, iv,
                       _verdict(iv, supported=_within(iv, m), contradicted=iv.low > m), rule,
-                      schedule=longest, iteration=int(finals[longest]["iteration"].max()), margin=m,
+                      schedule=longest, iteration=int(pre.loc[pre["schedule"] == longest, "iteration"].max()),
+                      margin=m,
                       detail=_join(first, _left_out(df, size, [longest], metric))))
     return out
 
