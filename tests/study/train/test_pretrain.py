@@ -50,3 +50,16 @@ def test_image_folder_without_val_holds_out_a_tenth(tmp_path: Path) -> None:
     assert set(train.indices).isdisjoint(val.indices)
     with pytest.raises(DataError, match="is not an ImageFolder tree"):
         load_image_folder(tmp_path / "nothing", 32)
+
+
+def test_training_augmentation_keeps_the_whole_image(tmp_path: Path) -> None:
+    """No random crop: every training view of an image is the image or its mirror, so an
+    off-centre object is never cropped out of its label."""
+    root = write_classification_set(tmp_path / "set", ClassSynthSpec(train_images=10, val_images=10,
+                                                                     image_size=32))
+    train, val, _ = load_image_folder(root, 32)
+    torch.manual_seed(0)
+    plain = val.transform(train.loader(train.samples[3][0]))
+    views = [train[3][0] for _ in range(12)]
+    assert all(torch.equal(v, plain) or torch.equal(v, plain.flip(-1)) for v in views)
+    assert any(torch.equal(v, plain.flip(-1)) for v in views) and any(torch.equal(v, plain) for v in views)
