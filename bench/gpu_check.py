@@ -96,7 +96,7 @@ def main() -> None:
 
     def step(i: int) -> float:
         images, targets = data[i % len(data)]
-        return train_step(net, images, targets, optimizer, autocast=autocast)["loss"]
+        return train_step(net, images, targets, optimizer, bf16=autocast)["loss"]
 
     for i in range(args.warmup):
         step(i)

@@ -7,9 +7,10 @@
 - `load_backbone` (pretrained arm, after `init_scratch`): the backbone's weights from a
   `study pretrain` checkpoint, a state-dict file, or a torchvision weights name such as
   'ResNet50_Weights.IMAGENET1K_V2' (downloaded only then, into torch's cache). It reports which
-  tensors were loaded, missing and unexpected, and refuses a checkpoint of another architecture.
-  BatchNorm statistics cannot be carried into GroupNorm (nor the other way): then the convs
-  load, the norms keep their fresh init, and the report says so.
+  tensors were loaded and unexpected, names every backbone tensor left fresh, and refuses a
+  checkpoint of another architecture. BatchNorm statistics cannot be carried into GroupNorm (nor
+  the other way): then the convs load, the norms keep their fresh init, and the report names
+  them. A study pre-trains with its detector's kind of norm, so that everything loads.
 """
 
 from __future__ import annotations
@@ -96,11 +97,19 @@ class LoadReport:
     meta: dict[str, Any] = field(default_factory=dict)
     note: str = ""
 
+    @property
+    def fresh(self) -> list[str]:
+        """The backbone tensors that kept their fresh init (named; empty when all loaded)."""
+        return list(self.norms_not_loaded)
+
     def summary(self) -> str:
         text = (f"pretrained backbone from {self.source}: {len(self.loaded)} tensors loaded, "
-                f"{len(self.norms_not_loaded)} norm tensors not loaded, "
-                f"{len(self.unexpected)} unexpected ignored")
-        return text + (f"\n  {self.note}" if self.note else "")
+                f"{len(self.fresh)} left fresh, {len(self.unexpected)} unexpected ignored")
+        if self.note:
+            text += f"\n  {self.note}"
+        if self.fresh:
+            text += "\n  left fresh: " + ", ".join(self.fresh)
+        return text
 
 
 _WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")

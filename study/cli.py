@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.choices import BACKBONES, NORMS
+from models.choices import BACKBONES, NORMS, PRECISIONS
 from study import layout
 from study.config import PretrainConfig, StudyConfig, dump_study, load_study
 from study.errors import ConfigError, DataError
@@ -86,10 +86,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from study.tune.weights import run_pretrain
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    pcfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.study is not None:  # that study's pretrain section and backbone, then the flags
+        cfg = load_study(args.study)
+        pcfg, backbone = dataclasses.replace(cfg.pretrain, **given), args.backbone or cfg.model.backbone
+    else:
+        pcfg, backbone = PretrainConfig(**given), args.backbone or "resnet18"
     out = args.out.resolve()
     data_dir = args.data_dir or out.parent / "pretrain_data"
-    meta = run_pretrain(pcfg, backbone=args.backbone, out=out, data_dir=data_dir)
+    meta = run_pretrain(pcfg, backbone=backbone, out=out, data_dir=data_dir)
     print(f"{meta['images_seen']} images seen ({meta['epochs']:.1f} epochs), val accuracy "
           f"{100 * meta['val_accuracy']:.1f}% (chance {100 * meta['chance_accuracy']:.1f}%); "
           f"use it with init: pretrained and model.pretrained_weights: {out}")
@@ -283,12 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "set (cached in --data-dir); 'imagefolder:PATH' reads PATH/train/<class>/* and "
                     "PATH/val/<class>/* (e.g. ImageNet).")
     pretrain.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    pretrain.add_argument("--study", type=Path, default=None,
+                          help="take the pretrain section and backbone of this study file (the "
+                               "checkpoint its pretrained arm would make); flags override it")
     pretrain.add_argument("--data", default=None, help="synthetic (default) or imagefolder:PATH")
     pretrain.add_argument("--data-dir", type=Path, default=None,
                           help="where the synthetic set is generated (default: beside --out)")
-    pretrain.add_argument("--backbone", choices=BACKBONES, default="resnet18", help="default resnet18")
+    pretrain.add_argument("--backbone", choices=BACKBONES, default=None,
+                          help="default resnet18 (or the --study's)")
     pretrain.add_argument("--norm", choices=NORMS, default=None,
-                          help="the classifier's norm (default bn; see the README)")
+                          help="the classifier's norm (default gn, or the one whose tensors all load "
+                               "into the --study's detector)")
+    pretrain.add_argument("--precision", choices=PRECISIONS, default=None,
+                          help="default auto: bf16 autocast where the device has native bf16")
     pretrain.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default adamw")
     defaults = PretrainConfig()
     for flag, key, kind in (("--epochs", "epochs", float), ("--image-size", "image_size", int),

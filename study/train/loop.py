@@ -41,6 +41,7 @@ from study.data.sampling import IterationBatchSampler
 from study.plan.schedule import Schedule, lr_at, schedule_for
 from study.plan.trials import Trial
 from study.train.build import build_detector, trial_datasets
+from study.train.precision import use_bf16
 from study.train.ranks import gather_over_ranks, sum_over_ranks
 from study.train.state import Progress, restore_state, save_state
 from study.train.steps import coco_metrics, predict, train_step
@@ -175,6 +176,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
     """Iterations progress.iteration + 1 .. end: step, count, evaluate, log, checkpoint, fork."""
     solver, device = cfg.solver, setup.device
     cuda = device.type == "cuda"
+    bf16 = use_bf16(solver.precision, device)
     lr_solver = dataclasses.replace(solver, base_lr=trial.base_lr)
     sampler = IterationBatchSampler(len(setup.train), solver.ims_per_batch, seed=trial.seed,
                                     start_iter=progress.iteration, max_iter=end, rank=rank,
@@ -204,7 +206,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
         targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
         losses = train_step(net, images, targets, setup.optimizer, clip_grad_norm=solver.clip_grad_norm,
-                            autocast=cuda)
+                            bf16=bf16)
         diverged = not math.isfinite(losses["loss"])  # the sum: non-finite if any part is
         local = {"images": len(images), "instances": sum(len(t["labels"]) for t in targets),
                  "pixels": sum(im.shape[1] * im.shape[2] for im in images)}

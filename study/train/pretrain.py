@@ -30,6 +30,7 @@ from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import PretrainConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.layout import atomic_write
+from study.train.precision import autocast, use_bf16
 from study.train.ranks import sum_over_ranks
 
 
@@ -77,7 +78,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
                      progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train; return (backbone state dict, metadata). Rank r of `world_size` trains its shard."""
     say = progress if rank == 0 else (lambda _msg: None)
-    norm = pcfg.norm
+    norm = pcfg.norm or "gn"  # outside a study (which resolves it): the paper's GN
     start = time.perf_counter()
     train, val, classes, description = classification_data(pcfg, data_dir, say)
     torch.manual_seed(pcfg.seed)
@@ -89,6 +90,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
         else:
             model = convert_sync_batchnorm(model, norm, device)
     net = wrap(model)
+    bf16 = use_bf16(pcfg.precision, device)
     groups = parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0)
     if pcfg.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=pcfg.base_lr, momentum=pcfg.momentum)
@@ -102,7 +104,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
                         num_workers=pcfg.loader_workers, persistent_workers=pcfg.loader_workers > 0)
     say(f"pre-training {backbone}-{norm} on {description}: {len(train)} train / {len(val)} val images, "
         f"{len(classes)} classes, {iterations} iterations of {pcfg.batch_size} ({pcfg.epochs:g} epochs), "
-        f"{world_size} worker(s)")
+        f"{world_size} worker(s), {'bf16 autocast' if bf16 else 'fp32'}")
     loss_fn = nn.CrossEntropyLoss()
     it, epoch, window = 0, 0, {"loss": 0.0, "correct": 0.0, "seen": 0.0}  # since the last print
     last_acc, tick = 0.0, time.perf_counter()
@@ -115,8 +117,9 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             lr = cosine_lr(it, iterations, pcfg.base_lr, pcfg.warmup_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = net(images.to(device, non_blocking=True))
-            loss = loss_fn(logits, labels.to(device))
+            with autocast(device, bf16):
+                logits = net(images.to(device, non_blocking=True))
+                loss = loss_fn(logits.float(), labels.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pre-training loss is {loss.item()} at iteration {it}: "
                                          f"lower pretrain.base_lr (now {pcfg.base_lr})")
@@ -146,6 +149,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
         "instances_seen": images_seen, "pixels_seen": images_seen * pcfg.image_size ** 2,
         "train_accuracy": last_acc, "val_accuracy": val_acc, "chance_accuracy": 1 / len(classes),
         "seconds": time.perf_counter() - start, "workers": world_size, "seed": pcfg.seed,
+        "precision": "bf16 autocast" if bf16 else "fp32",
     }
     say(f"val accuracy {100 * val_acc:.1f}% (chance {100 / len(classes):.1f}%) after "
         f"{meta['seconds']:.0f} s")
@@ -161,4 +165,4 @@ def cached_checkpoint_path(pcfg: PretrainConfig, backbone: str, cache_dir: str |
     """Where the checkpoint of (pcfg, backbone) is cached: the name carries a hash of both."""
     key = json.dumps({"backbone": backbone, **dataclasses.asdict(pcfg)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return Path(cache_dir) / f"pretrain-{backbone}-{pcfg.norm}-{digest}.pt"
+    return Path(cache_dir) / f"pretrain-{backbone}-{pcfg.norm or 'gn'}-{digest}.pt"

@@ -12,18 +12,19 @@ from torch.utils.data import DataLoader
 
 from study.data.coco import InstanceDataset, collate
 from study.train.evaluation import evaluate_coco, masks_to_rle
+from study.train.precision import autocast
 
 
 def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]],
                optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None = None,
-               autocast: bool = False) -> dict[str, float]:
+               bf16: bool = False) -> dict[str, float]:
     """One SGD step on a batch; returns the losses (and their sum as 'loss') as floats.
 
-    `autocast` runs the forward pass in bf16 mixed precision on CUDA (no loss scaling is needed
-    with bf16). A non-finite loss is returned without stepping, so the caller can stop the run as
+    `bf16` runs the forward pass under bf16 autocast on the images' device (no loss scaling is
+    needed with bf16; see `study.train.precision`). A non-finite loss is returned without stepping, so the caller can stop the run as
     diverged instead of training on NaNs.
     """
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with autocast(images[0].device, bf16):
         losses = model(images, [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")}
                                 for t in targets])
     total = sum(losses.values())

@@ -134,3 +134,17 @@ def test_evaluating_does_not_change_the_training(tmp_path: Path, tiny_cfg: Study
     assert (often["bbox_AP"], often["segm_AP"]) == (rarely["bbox_AP"], rarely["segm_AP"])
     a, b = (load_state_file(tmp_path / p / "checkpoint.pt")["model"] for p in ("2", "8"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_solver_precision_chooses_the_trials_autocast(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                      tiny_trial: Trial) -> None:
+    """bf16 and fp32 train differently; auto trains as the one this machine's probe picks."""
+    from study.train.precision import use_bf16
+
+    loss = {}
+    for precision in ("fp32", "bf16", "auto"):
+        cfg = study_from_dict({**to_dict(tiny_cfg), "solver": {**to_dict(tiny_cfg.solver), "precision": precision}})
+        loss[precision] = train_trial(cfg, tiny_trial, out_dir=tmp_path / precision, data_root=tmp_path,
+                                      stop_at=2)["loss"]
+    assert loss["fp32"] != loss["bf16"] and loss["fp32"] == pytest.approx(loss["bf16"], rel=0.05)
+    assert loss["auto"] == loss["bf16" if use_bf16("auto", torch.device("cpu")) else "fp32"]

@@ -11,10 +11,11 @@ import torch
 from models.init import load_backbone
 from models.mask_rcnn import build_mask_rcnn
 from study.cli import main
-from study.config import PretrainConfig
+from study.config import PretrainConfig, StudyConfig, study_from_dict
 from study.errors import ConfigError
+from study.train.build import build_detector
 from study.train.pretrain import cached_checkpoint_path
-from study.tune.weights import ensure_pretrained, run_pretrain
+from study.tune.weights import ensure_pretrained, run_pretrain, study_weights
 
 TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0, batch_size=8,
                       warmup_iters=2, norm="gn")
@@ -80,3 +81,58 @@ def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
         ray.shutdown()
     assert meta["workers"] == 2 and meta["images_seen"] == 40 and meta["iterations"] == 5
     assert torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]["workers"] == 2
+
+
+def _study(norm: str, pretrain_norm: str | None = None) -> StudyConfig:
+    pretrain = {k: v for k, v in TINY.__dict__.items() if k != "norm"}
+    if pretrain_norm is not None:
+        pretrain["norm"] = pretrain_norm
+    return study_from_dict({
+        "name": "transfer", "model": {"backbone": "resnet18", "norm": norm, "profile": "tiny",
+                                      "min_size": 64, "max_size": 64},
+        "pretrain": pretrain, "grid": {"init": ["pretrained"]},
+        "resources": {"gpus_per_worker": 1 if norm == "syncbn" else 0}})
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn", "syncbn", "frozen_bn"])
+def test_the_pretrained_arm_loads_every_backbone_tensor(norm: str, tmp_path: Path) -> None:
+    """A study pre-trains with the norm its detector has, so every tensor of the detector's
+    backbone (weights, biases, norm affines, BatchNorm statistics) comes from the checkpoint."""
+    cfg = _study(norm)
+    assert cfg.pretrain.norm == ("gn" if norm == "gn" else "bn")
+    weights = study_weights(cfg, tmp_path)
+    detector = build_detector(cfg, num_classes=5)
+    body = detector.backbone.body
+    report = load_backbone(detector, weights)
+    assert report.fresh == [] and not report.note and "0 left fresh" in report.summary()
+    state = torch.load(weights, weights_only=True)["backbone"]
+    assert set(report.loaded) == set(body.state_dict())
+    for key, tensor in body.state_dict().items():
+        assert torch.equal(tensor, state[key].to(tensor.dtype)), key
+
+
+def test_a_mismatched_norm_names_every_tensor_left_fresh(tmp_path: Path) -> None:
+    cfg = _study("gn", pretrain_norm="bn")
+    detector = build_detector(cfg, num_classes=5)
+    report = load_backbone(detector, study_weights(cfg, tmp_path))
+    body = detector.backbone.body
+    norm_tensors = [f"{name}.{k}" for name, m in body.named_modules()
+                    if isinstance(m, torch.nn.GroupNorm) for k in m.state_dict()]
+    assert len(norm_tensors) == 40 and sorted(report.fresh) == sorted(norm_tensors)
+    text = report.summary()
+    assert f"{len(body.state_dict()) - 40} tensors loaded, 40 left fresh" in text
+    assert all(name in text for name in norm_tensors) and "layer4.1.bn2.bias" in text
+    assert torch.all(body.layer4[1].bn2.weight == 1)
+
+
+def test_pretrain_cli_takes_a_studys_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`study pretrain --study FILE` makes the checkpoint that study's pretrained arm would load:
+    its backbone, its norm (here bn, for a BatchNorm detector), its pretrain settings; flags win."""
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nmodel: {backbone: resnet18, norm: bn}\n"
+                     "pretrain: {train_images: 20, val_images: 10, image_size: 32, batch_size: 10, epochs: 1}\n")
+    out = tmp_path / "s.pt"
+    assert main(["pretrain", "--study", str(study), "--out", str(out), "--epochs", "2"]) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert (meta["backbone"], meta["norm"], meta["image_size"], meta["iterations"]) == ("resnet18", "bn", 32, 4)
+    assert "40 images seen (2.0 epochs)" in capsys.readouterr().out
