@@ -15,6 +15,13 @@ Parts:
   forking   a 3-schedule grid with forking on and off: iterations trained, wall time, and whether
             every schedule's metrics agree
   eval      COCOeval of a few hundred images, bbox and segm: pycocotools against faster-coco-eval
+  roofline  GFLOP per image (counted by FlopCounterMode), achieved GFLOP/s and its fraction of this
+            machine's matmul peak (measured here, fp32 and, where the CPU has it natively, bf16) for
+            one trial-loop step (1 thread, as a trial runs) and one pre-training step (every core)
+  levers    the default study's pretrained trial trained for the same wall time (60 s, one thread,
+            two runs at a time, 2 seeds) with one change each: bf16 autocast, torch.compile, 2 or 8
+            images per batch, wider heads, more RoIs, more detections kept for evaluation; bbox AP
+            at that budget, per CPU-minute, and the evaluation's seconds per point
   ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run with a
             trivial loop (median of 3; its health-check interval at our 0.25 s and at Ray's 2 s)
   study     (with --study RUN_DIR) a finished `study run`'s phases and its trials' train / eval /
@@ -406,13 +413,254 @@ def study_breakdown(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+# --- roofline ------------------------------------------------------------------------------------
+
+
+def _matmul_gflops(threads: int, dtype: torch.dtype) -> float:
+    """This machine's dense matmul rate (GFLOP/s) at `threads` threads: the best of a few runs."""
+    n = 512 if QUICK else 2048
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(3 if QUICK else 5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _counted_flops(step: Any) -> float:
+    """FLOPs of one call of `step`, counted by torch's FlopCounterMode (convs, matmuls and their
+    backward: the ops with a FLOP formula; RoIAlign, NMS and element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def _timed(step: Any, warmup: int, runs: int) -> float:
+    """Median seconds of `step` after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _roofline_row(step: Any, images: int, threads: int, bf16: bool, peaks: dict[str, float]) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    flops = _counted_flops(step)
+    seconds = _timed(step, warmup=2, runs=3 if QUICK else 8)
+    achieved = flops / seconds / 1e9
+    peak = peaks[f"{'bf16' if bf16 else 'fp32'}_{threads}t"]
+    return {"gflop_per_image": flops / images / 1e9, "images_per_s": images / seconds,
+            "gflop_per_s": achieved, "peak_gflop_per_s": peak, "fraction_of_peak": achieved / peak,
+            "threads": threads, "precision": "bf16 autocast" if bf16 else "fp32"}
+
+
+def roofline(work: Path) -> dict[str, Any]:
+    """GFLOP per image (counted), achieved GFLOP/s and the fraction of this machine's matmul peak,
+    for one trial-loop step (the default study's detector, batch 4, one thread as a trial runs)
+    and one pre-training step (the default stand-in classifier, batch 64, every core)."""
+    from models.classifier import build_classifier
+    from study.config import load_study
+    from study.data.coco import collate
+    from study.train.build import trial_datasets
+    from study.train.precision import autocast, cpu_has_native_bf16
+    from study.train.steps import train_step
+
+    cores = os.cpu_count() or 1
+    native = cpu_has_native_bf16()
+    peaks = {f"{name}_{t}t": _matmul_gflops(t, dtype) for t in sorted({1, cores})
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if name == "fp32" or native}
+    out: dict[str, Any] = {"cores": cores, "native_bf16": native,
+                           **{f"matmul_peak_{k}_gflop_per_s": v for k, v in peaks.items()}}
+    precisions = (False, True) if native else (False,)
+
+    train, _ = trial_datasets(_cfg(), _trial().size, work / "data")
+    images, targets = collate([train[i] for i in range(BATCH)])
+    model, optimizer = _model_and_optimizer(train.split.num_classes)
+    for bf16 in precisions:
+        row = _roofline_row(lambda: train_step(model, images, targets, optimizer, bf16=bf16),
+                            BATCH, 1, bf16, peaks)
+        out.update({f"trial_{'bf16' if bf16 else 'fp32'}_{k}": v for k, v in row.items()})
+
+    pcfg = load_study(REPO / "search_spaces" / "default.yaml").pretrain
+    batch = 16 if QUICK else pcfg.batch_size
+    torch.manual_seed(0)
+    classifier = build_classifier(backbone="resnet18", norm=pcfg.norm, num_classes=10)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=pcfg.base_lr)
+    x, y = torch.randn(batch, 3, pcfg.image_size, pcfg.image_size), torch.randint(0, 10, (batch,))
+    for bf16 in precisions:
+        def step(bf16: bool = bf16) -> None:
+            with autocast(x.device, bf16):
+                loss = torch.nn.functional.cross_entropy(classifier(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        row = _roofline_row(step, batch, cores, bf16, peaks)
+        out.update({f"pretrain_{'bf16' if bf16 else 'fp32'}_{k}": v for k, v in row.items()})
+    torch.set_num_threads(cores)
+    return out
+
+
+# --- levers --------------------------------------------------------------------------------------
+
+# What each lever changes from the default study's trial (tiny profile, batch 4, fp32, one thread):
+# precision, torch.compile of the backbone + FPN, images per batch (LR linear in the batch), the
+# heads' widths, how many RoIs train the heads, and how many detections evaluation keeps.
+LEVERS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "bf16": {"bf16": True},
+    "compile": {"compile": True},
+    "batch2": {"batch": 2},
+    "batch8": {"batch": 8},
+    "heads64": {"profile": {"head_channels": 64, "box_fc": 256}},
+    "rois64": {"profile": {"box_batch_per_image": 64, "rpn_post_nms_train": 300}},
+    "detections50": {"profile": {"detections_per_image": 50}},
+}
+LEVER_SECONDS, LEVER_LR, LEVER_SEEDS = 60.0, 0.05, (0, 1)  # training budget per run; LR at batch 4
+
+
+def _lever_storage(work: Path) -> Path:
+    """runs/, where `study run` caches the default's data and backbone (a temporary folder if --quick)."""
+    return work / "storage" if QUICK else REPO / "runs"
+
+
+def _lever_weights(storage: Path) -> str:
+    """The default study's pre-trained backbone, made first if `study run` has not cached it."""
+    from study.config import load_study
+    from study.tune.weights import study_weights
+
+    cfg = load_study(REPO / "search_spaces" / "default.yaml")
+    if QUICK:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(
+            cfg.pretrain, train_images=20, val_images=10, image_size=32, epochs=1, batch_size=10, warmup_iters=1))
+    return study_weights(cfg, storage)
+
+
+def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
+    """One lever, one seed, in this (fresh, one-thread) process: train the default study's pretrained
+    detector for LEVER_SECONDS of wall time (the iteration count comes from a timing probe), with
+    the default's schedule shape, then evaluate it once."""
+    import dataclasses
+
+    from torch.utils.data import DataLoader
+
+    import models.mask_rcnn as mr
+    from models.init import init_scratch, load_backbone
+    from study.config import SolverConfig, load_study
+    from study.data.coco import collate
+    from study.data.sampling import IterationBatchSampler
+    from study.plan.schedule import lr_at, schedule_for
+    from study.plan.trials import Size
+    from study.train.build import trial_datasets
+    from study.train.steps import evaluate, train_step
+    from models.norms import parameter_groups
+
+    torch.set_num_threads(1)
+    lever = LEVERS[name]
+    cfg = load_study(REPO / "search_spaces" / "default.yaml")
+    storage = _lever_storage(work)
+    weights = _lever_weights(storage)
+    train, val = trial_datasets(cfg, Size(40 if QUICK else 1000), storage / "data")
+    mr.DETECTOR_PROFILES["lever"] = dataclasses.replace(mr.DETECTOR_PROFILES["tiny"], **lever.get("profile", {}))
+    batch, bf16 = lever.get("batch", 4), lever.get("bf16", False)
+    budget = 3.0 if QUICK else LEVER_SECONDS
+
+    def build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        model = mr.build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=train.split.num_classes,
+                                   profile="lever", min_size=64, max_size=64)
+        init_scratch(model)
+        load_backbone(model, weights)
+        if lever.get("compile"):
+            model.backbone = torch.compile(model.backbone)
+        model.train()
+        return model, torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
+                                      lr=LEVER_LR, momentum=0.9)
+
+    def batches(n: int) -> DataLoader:
+        sampler = IterationBatchSampler(len(train), batch, seed=seed, start_iter=0, max_iter=n)
+        return DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+
+    probe, probe_opt = build()  # the timing probe: its own model, thrown away
+    times = []
+    for images, targets in batches(8):
+        start = time.perf_counter()
+        train_step(probe, images, targets, probe_opt, bf16=bf16)
+        times.append(time.perf_counter() - start)
+    s_per_iter = statistics.median(times[3:])
+    iterations = max(20, int(budget / s_per_iter))
+    # the default study's shape: warm-up 5/90 of the run, LR drops at 75/90 and 84/90
+    solver = SolverConfig(base_lr=LEVER_LR * batch / 4, ims_per_batch=batch, unit_iters=iterations,
+                          warmup_iters=max(1, iterations * 5 // 90),
+                          drops_before_end=(max(1, iterations * 15 // 90), max(1, iterations * 6 // 90)))
+    schedule = schedule_for(1, solver)
+    if lever.get("compile"):
+        torch._dynamo.reset()  # the run compiles afresh (the children run with inductor's caches off)
+    start = time.perf_counter()
+    model, optimizer = build()  # compile time, if any, counts
+    for it, (images, targets) in enumerate(batches(iterations)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(it, schedule, solver)
+        train_step(model, images, targets, optimizer, bf16=bf16)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = evaluate(model, val)
+    eval_s = time.perf_counter() - start
+    return {"lever": name, "seed": seed, "iterations": iterations, "images": iterations * batch,
+            "train_s": train_s, "eval_s": eval_s, "bbox_AP": metrics["bbox_AP"], "segm_AP": metrics["segm_AP"]}
+
+
+def levers(work: Path) -> dict[str, Any]:
+    """Each lever x seed in a fresh one-thread process, two at a time (as the default study runs its
+    trials): bbox AP after the same wall time of training, and the evaluation's cost per point."""
+    _lever_weights(_lever_storage(work))  # pre-train (or reuse) once, before the children race to
+    jobs = [(name, seed) for name in LEVERS for seed in (LEVER_SEEDS[:1] if QUICK else LEVER_SEEDS)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+           "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+    results: list[dict[str, Any]] = []
+    slots = max(1, min(2, os.cpu_count() or 1))
+    for first in range(0, len(jobs), slots):
+        running = [(job, subprocess.Popen(
+            [sys.executable, __file__, "--lever", job[0], str(job[1]), str(work), *(["--quick"] if QUICK else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+            for job in jobs[first:first + slots]]
+        for job, proc in running:
+            stdout, stderr = proc.communicate()
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"lever {job}: exit {proc.returncode}\n{stderr[-2000:]}")
+            results.append(json.loads(lines[-1][7:]))
+            print(f"  {job[0]:13s} seed {job[1]}: {results[-1]['iterations']} it, bbox AP "
+                  f"{results[-1]['bbox_AP']:.1f}, eval {results[-1]['eval_s']:.1f} s", flush=True)
+    out: dict[str, Any] = {"budget_s": 3.0 if QUICK else LEVER_SECONDS, "runs": results}
+    for name in LEVERS:
+        rows = [r for r in results if r["lever"] == name]
+        for key in ("iterations", "train_s", "eval_s", "bbox_AP", "segm_AP"):
+            out[f"{name}_{key}"] = statistics.fmean(r[key] for r in rows)
+        out[f"{name}_bbox_AP_per_cpu_minute"] = 60 * out[f"{name}_bbox_AP"] / (
+            out[f"{name}_train_s"] + out[f"{name}_eval_s"])
+    return out
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 
 QUICK = False  # --quick: smaller sizes, for the test that keeps this script working
 ROUNDS = 2
 
-PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs}
+PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs,
+         "roofline": roofline, "levers": levers}
 
 
 def main() -> None:
@@ -424,12 +672,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suite.json")
     p.add_argument("--quick", action="store_true", help="smaller sizes: checks that it runs, measures little")
     p.add_argument("--variant", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # overhead's child
+    p.add_argument("--lever", nargs=3, metavar=("LEVER", "SEED", "DIR"), help=argparse.SUPPRESS)  # levers' child
     args = p.parse_args()
+    global QUICK
+    QUICK = args.quick
     if args.variant:
         print(f"RESULT {run_variant(args.variant[0], Path(args.variant[1]))}")
         return
-    global QUICK
-    QUICK = args.quick
+    if args.lever:
+        print(f"RESULT {json.dumps(run_lever(args.lever[0], int(args.lever[1]), Path(args.lever[2])))}")
+        return
     chosen = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(chosen) - set(PARTS)
     if unknown:
@@ -450,6 +702,8 @@ def main() -> None:
     print(f"{'part':10s} {'measure':44s} value")
     for part, values in report["parts"].items():
         for key, value in values.items():
+            if isinstance(value, list):  # per-run rows: in the JSON only
+                continue
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
             print(f"{part:10s} {key:44s} {shown}")
     print(f"\nwritten: {args.out}")
