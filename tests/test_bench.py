@@ -89,3 +89,17 @@ def test_the_levers_part_runs(tmp_path) -> None:
     assert {r["lever"] for r in levers["runs"]} == names
     assert all(r["iterations"] >= 20 and r["eval_s"] > 0 and 0 <= r["bbox_AP"] <= 100 for r in levers["runs"])
     assert levers["batch8_iterations"] == 20 and "levers     bf16_bbox_AP_per_cpu_minute" in out.stdout
+
+
+def test_the_sizing_script_runs(tmp_path) -> None:
+    """bench/sizing.py on one variant, two evaluation points: the table and the JSON come out."""
+    import json
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "sizing.py"), "--variants", "base,rois128",
+                          "--images", "8,16", "--seeds", "0", "--val-images", "4", "--data", str(tmp_path / "d"),
+                          "--json", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert [(r["variant"], sorted(r["evals"])) for r in results] == [("base", ["16", "8"]), ("rois128", ["16", "8"])]
+    assert results[1]["settings"]["profile"]["box_batch_per_image"] == 128
+    assert "bbox AP after N training images" in out.stdout
