@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "warmup10": {"warmup": 10},
     "batch16": {"batch": 16, "lr": 0.08},
     "batch4": {"batch": 4, "lr": 0.02},
+    "batch4_lr0.04": {"batch": 4, "lr": 0.04},
+    "lr0.16": {"lr": 0.16},
     "rois128": {"profile": {"box_batch_per_image": 128, "rpn_post_nms_train": 300}},
     "rpn256": {"profile": {"rpn_batch_per_image": 256}},
     "heads64": {"profile": {"head_channels": 64, "box_fc": 256}},
