@@ -93,8 +93,8 @@ class PretrainConfig:
     data: str = "synthetic"  # 'synthetic' or 'imagefolder:PATH'
     # The classifier's norm; null: the one whose tensors all load into the study's detector (gn
     # for a GN detector, bn for syncbn / bn / frozen_bn; see `models.choices.classifier_norm`);
-    # outside a study (`study pretrain` without --study), gn. A checkpoint whose norm kind differs loads its convs only, and the load report names every
-    # norm tensor left fresh.
+    # outside a study (`study pretrain` without --study), gn (`norm_used`). A checkpoint whose
+    # norm kind differs loads its convs only, and the load report names every tensor left fresh.
     norm: Norm | None = None
     image_size: int = 64
     # The default recipe reaches 90%+ val accuracy on the synthetic set in about 4 minutes of a
@@ -114,6 +114,11 @@ class PretrainConfig:
     # bf16 autocast of the forward pass where the device has native bf16 (a CUDA GPU that
     # supports it, a CPU with AVX512-BF16 or AMX), else fp32; or force either.
     precision: Precision = "auto"
+
+    @property
+    def norm_used(self) -> str:
+        """The norm the classifier is trained with: `norm`, or gn when nothing resolved it."""
+        return self.norm or "gn"
 
     def __post_init__(self) -> None:
         require(self.data == "synthetic" or (self.data.startswith("imagefolder:") and len(self.data) > 12),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from models.choices import PRECISIONS
+
 
 def cpu_has_native_bf16() -> bool:
     """True on a CPU with AVX512-BF16 or AMX tiles (what oneDNN's bf16 kernels run on)."""
@@ -31,7 +33,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether `precision` ('auto' | 'fp32' | 'bf16') means bf16 autocast on `device`."""
-    if precision not in ("auto", "fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected 'auto', 'fp32' or 'bf16'")
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 

@@ -78,7 +78,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
                      progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train; return (backbone state dict, metadata). Rank r of `world_size` trains its shard."""
     say = progress if rank == 0 else (lambda _msg: None)
-    norm = pcfg.norm or "gn"  # outside a study (which resolves it): the paper's GN
+    norm = pcfg.norm_used
     start = time.perf_counter()
     train, val, classes, description = classification_data(pcfg, data_dir, say)
     torch.manual_seed(pcfg.seed)
@@ -165,4 +165,4 @@ def cached_checkpoint_path(pcfg: PretrainConfig, backbone: str, cache_dir: str |
     """Where the checkpoint of (pcfg, backbone) is cached: the name carries a hash of both."""
     key = json.dumps({"backbone": backbone, **dataclasses.asdict(pcfg)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return Path(cache_dir) / f"pretrain-{backbone}-{pcfg.norm or 'gn'}-{digest}.pt"
+    return Path(cache_dir) / f"pretrain-{backbone}-{pcfg.norm_used}-{digest}.pt"

@@ -21,8 +21,8 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[
     """One SGD step on a batch; returns the losses (and their sum as 'loss') as floats.
 
     `bf16` runs the forward pass under bf16 autocast on the images' device (no loss scaling is
-    needed with bf16; see `study.train.precision`). A non-finite loss is returned without stepping, so the caller can stop the run as
-    diverged instead of training on NaNs.
+    needed with bf16; see `study.train.precision`). A non-finite loss is returned without
+    stepping, so the caller can stop the run as diverged instead of training on NaNs.
     """
     with autocast(images[0].device, bf16):
         losses = model(images, [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")}
