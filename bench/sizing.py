@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 BASE: dict[str, Any] = {"init": "scratch", "batch": 8, "lr": 0.04, "warmup": 50, "profile": {},
-                        "image_size": 64, "train_images": 1000}
+                        "image_size": 64, "train_images": 1000, "synth": {}}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "lr0.02": {"lr": 0.02},
@@ -44,13 +44,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sampling2": {"profile": {"roi_sampling_ratio": 2}},
     "px96": {"image_size": 96},
     "pretrained": {"init": "pretrained"},
+    "b4": {"batch": 4, "lr": 0.04},
+    "b4_pretrained": {"batch": 4, "lr": 0.04, "init": "pretrained"},
+    "b4_lr0.08": {"batch": 4, "lr": 0.08},
+    "b4_few": {"batch": 4, "lr": 0.04, "synth": {"max_objects": 2}},
+    "b4_big": {"batch": 4, "lr": 0.04, "synth": {"min_radius": 0.22, "max_radius": 0.4}},
+    "b4_n3000": {"batch": 4, "lr": 0.04, "train_images": 3000},
+    "b4_few_n3000": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 2}},
+    "b4_few_n3000_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 2},
+                                "init": "pretrained"},
+    "b4_few_n3000_px48": {"batch": 4, "lr": 0.04, "train_images": 3000, "image_size": 48,
+                          "synth": {"max_objects": 2, "min_radius": 0.2, "max_radius": 0.4}},
+    "b4_few_n3000_px48_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "image_size": 48,
+                                     "synth": {"max_objects": 2, "min_radius": 0.2, "max_radius": 0.4},
+                                     "init": "pretrained"},
 }
 
 
 def _spec(v: dict[str, Any], val_images: int):
     from study.data.synthetic import SynthSpec
 
-    return SynthSpec(train_images=v["train_images"], val_images=val_images, image_size=v["image_size"])
+    return SynthSpec(train_images=v["train_images"], val_images=val_images, image_size=v["image_size"],
+                     **v["synth"])
 
 
 def datasets(v: dict[str, Any], data_root: Path, val_images: int):
@@ -58,7 +73,8 @@ def datasets(v: dict[str, Any], data_root: Path, val_images: int):
     from study.data.synthetic import write_synthetic
 
     spec = _spec(v, val_images)
-    paths = write_synthetic(data_root / f"px{spec.image_size}_n{spec.train_images}", spec)
+    extra = "".join(f"_{k}{x}" for k, x in sorted(v["synth"].items()))
+    paths = write_synthetic(data_root / f"px{spec.image_size}_n{spec.train_images}{extra}", spec)
     size = v["image_size"]
     train = InstanceDataset(load_coco(paths.train_annotations, paths.train_images, filter_empty=True),
                             min_size=size, max_size=size)

@@ -36,7 +36,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
     spec = SynthSpec(train_images=args.train_images, val_images=args.val_images,
                      image_size=args.image_size, seed=args.seed,
-                     min_objects=args.min_objects, max_objects=args.max_objects)
+                     min_objects=args.min_objects, max_objects=args.max_objects,
+                     min_radius=args.min_radius, max_radius=args.max_radius)
     start = time.perf_counter()
     print(f"writing {spec.train_images} train + {spec.val_images} val images "
           f"({spec.image_size} px, seed {spec.seed}) to {args.out}")
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     synth.add_argument("--min-objects", type=int, default=1, help="objects per image, at least (default 1)")
     synth.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
+    synth.add_argument("--min-radius", type=float, default=0.14,
+                       help="smallest object circumradius, a fraction of the shorter side (default 0.14)")
+    synth.add_argument("--max-radius", type=float, default=0.36,
+                       help="largest object circumradius, a fraction of the shorter side (default 0.36)")
     synth.add_argument("--force", action="store_true", help="regenerate even if the set exists")
     synth.set_defaults(func=_cmd_data_synth)
 

@@ -44,6 +44,8 @@ class SynthSpec:
     seed: int = 0
     min_objects: int = 1
     max_objects: int = 4
+    min_radius: float = 0.14  # an object's circumradius, as a fraction of the image's shorter side
+    max_radius: float = 0.36
 
     def __post_init__(self) -> None:
         require(self.train_images >= 1, "train_images", f"{self.train_images!r} must be >= 1")
@@ -51,6 +53,9 @@ class SynthSpec:
         require(self.image_size >= 32, "image_size", f"{self.image_size!r} must be >= 32 pixels")
         require(1 <= self.min_objects <= self.max_objects, "max_objects",
                 f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+        require(0.05 <= self.min_radius <= self.max_radius <= 0.5, "max_radius",
+                f"need 0.05 <= min_radius <= max_radius <= 0.5 (of the shorter side), got "
+                f"{self.min_radius}, {self.max_radius}")
 
 
 @dataclass(frozen=True)
@@ -176,19 +181,20 @@ def finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
-def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int
-                 ) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
-    """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts)."""
+def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int,
+                 radius: tuple[float, float] = (0.14, 0.36)) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
+    """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts); each
+    object's circumradius is drawn from `radius` (fractions of the shorter side)."""
     img = background(rng, height, width)
     frame = box(0, 0, width, height)
     placed: list[tuple[int, Polygon, float]] = []  # (class, full clipped shape, its area)
     visible: list[BaseGeometry] = []
     short = min(width, height)
-    min_area = 0.25 * math.pi * (0.14 * short) ** 2  # a quarter of the smallest circle: not a sliver
+    min_area = 0.25 * math.pi * (radius[0] * short) ** 2  # a quarter of the smallest circle: not a sliver
     for _ in range(n_objects):
         for _attempt in range(30):
             cls = int(rng.integers(len(CLASSES)))
-            r = rng.uniform(0.14, 0.36) * short
+            r = rng.uniform(*radius) * short
             cx, cy = rng.uniform(0.15 * width, 0.85 * width), rng.uniform(0.15 * height, 0.85 * height)
             shape = shape_polygon(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
             shape = shape.intersection(frame)
@@ -230,7 +236,7 @@ def write_split(out: Path, split: str, count: int, spec: SynthSpec,
         short_side = int(rng.integers(round(0.75 * long_side), long_side + 1))
         width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
         n_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-        pixels, instances = render_image(rng, width, height, n_objects)
+        pixels, instances = render_image(rng, width, height, n_objects, (spec.min_radius, spec.max_radius))
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)

@@ -84,3 +84,22 @@ def test_cli_writes_then_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["data", "check", str(out / "train.json"), "--images", str(out / "train")]) == 0
     assert main(["data", "synth", "--out", str(out), "--image-size", "8"]) == 2
     assert "image_size: 8 must be >= 32 pixels" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(out), "--min-radius", "0.3", "--max-radius", "0.2"]) == 2
+    assert "need 0.05 <= min_radius <= max_radius <= 0.5" in capsys.readouterr().err
+
+
+def test_object_sizes_follow_the_radius_range(tmp_path: Path) -> None:
+    """Unoccluded objects' boxes scale with [min_radius, max_radius]."""
+    def box_sides(spec: SynthSpec) -> list[float]:
+        coco = json.loads(write_synthetic(tmp_path / str(hash(spec)), spec).train_annotations.read_text())
+        short = {im["id"]: min(im["width"], im["height"]) for im in coco["images"]}
+        return [max(a["bbox"][2:]) / short[a["image_id"]] for a in coco["annotations"]
+                if len(a["segmentation"]) == 1]
+
+    small = box_sides(SynthSpec(train_images=40, val_images=1, min_objects=1, max_objects=1))
+    big = box_sides(SynthSpec(train_images=40, val_images=1, min_objects=1, max_objects=1,
+                              min_radius=0.3, max_radius=0.4))
+    assert max(small) <= 2 * 0.36 + 0.05 and min(big) >= 0.3  # a side spans at most 2r, at least ~r
+    assert sum(big) / len(big) > 1.3 * sum(small) / len(small)
+    with pytest.raises(Exception, match="max_radius"):
+        SynthSpec(min_radius=0.4, max_radius=0.3)
