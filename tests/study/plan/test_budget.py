@@ -51,7 +51,7 @@ def test_study_plan_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFix
     from study.cli import main
 
     assert main(["plan", str(REPO / "search_spaces" / "default.yaml")]) == 0
-    assert "24 cells x 2 LRs = 48 trials in 16 lineages" in capsys.readouterr().out
+    assert "18 cells x 1 LRs = 18 trials in 6 lineages" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngrid: {schedule: [1, 1]}\n")
     assert main(["plan", str(bad)]) == 2
@@ -74,14 +74,16 @@ def test_the_disk_estimate_counts_every_checkpoint_file() -> None:
 
 def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
     default = load_study(REPO / "search_spaces" / "default.yaml")
-    assert [evaluations(s, default) for s in default.grid.schedule] == [2, 4, 6]  # every 15 of 30/60/90
-    assert evaluation_warnings(default) == []  # the shipped default has 6 on its longest schedule
+    assert [evaluations(s, default) for s in default.grid.schedule] == [3, 5, 8]  # every 100 of 250/500/750
+    assert evaluation_warnings(default) == []  # the shipped default has 8 on its longest schedule
+    laptop = load_study(REPO / "search_spaces" / "laptop.yaml")
+    assert [evaluations(s, laptop) for s in laptop.grid.schedule] == [3, 6, 9] and not evaluation_warnings(laptop)
     text = format_plan(default, plan_study(default), checkpoint_bytes=1)
-    assert "evaluations: 1x 2, 2x 4, 3x 6 (every 15 iterations and at the end)" in text
-    sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=40))
-    assert [evaluations(s, sparse) for s in sparse.grid.schedule] == [1, 2, 3]  # 30 | 40, 60 | 40, 80, 90
+    assert "evaluations: 1x 3, 2x 5, 3x 8 (every 100 iterations and at the end)" in text
+    sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=300))
+    assert [evaluations(s, sparse) for s in sparse.grid.schedule] == [1, 2, 3]  # 250 | 300, 500 | 300, 600, 750
     assert evaluation_warnings(sparse) == [
-        "warning: the longest schedule (3x) has 3 evaluation(s) at solver.eval_period 40; its learning curve "
+        "warning: the longest schedule (3x) has 3 evaluation(s) at solver.eval_period 300; its learning curve "
         "needs at least 6: lower solver.eval_period",
-        "warning: the shortest schedule (1x) has 1 evaluation(s) at solver.eval_period 40; its learning curve "
+        "warning: the shortest schedule (1x) has 1 evaluation(s) at solver.eval_period 300; its learning curve "
         "needs at least 2: lower solver.eval_period"]
