@@ -61,6 +61,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def settings(name: str) -> dict[str, Any]:
+    """What variant `name` trains with: `BASE` with the variant's changes."""
+    return {**BASE, **VARIANTS[name]}
+
+
 def _spec(v: dict[str, Any], val_images: int):
     from study.data.synthetic import SynthSpec
 
@@ -93,7 +98,7 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     from study.train.precision import use_bf16
     from study.train.steps import evaluate, train_step
 
-    v = {**BASE, **VARIANTS[name]}
+    v = settings(name)
     train, val = datasets(v, opts["data"], opts["val_images"])
     mr.DETECTOR_PROFILES["sizing"] = dataclasses.replace(mr.DETECTOR_PROFILES["tiny"], **v["profile"])
     torch.manual_seed(seed)
@@ -144,14 +149,14 @@ def main() -> None:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     opts = {"images": sorted(int(x) for x in args.images.split(",")), "data": args.data.resolve(),
             "val_images": args.val_images, "weights": args.weights}
-    if any({**BASE, **VARIANTS[n]}["init"] == "pretrained" for n in names) and args.weights is None:
+    if any(settings(n)["init"] == "pretrained" for n in names) and args.weights is None:
         from study.config import load_study
         from study.tune.weights import study_weights
 
         opts["weights"] = study_weights(load_study(Path(__file__).parents[1] / "search_spaces" / "default.yaml"),
                                         Path(__file__).parents[1] / "runs")
     for n in names:  # generate each set once, before the workers race to
-        datasets({**BASE, **VARIANTS[n]}, opts["data"], args.val_images)
+        datasets(settings(n), opts["data"], args.val_images)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(n, s, opts) for n in names for s in seeds]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:

@@ -182,7 +182,7 @@ def finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int,
-                 radius: tuple[float, float] = (0.14, 0.36)) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
+                 radius: tuple[float, float]) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
     """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts); each
     object's circumradius is drawn from `radius` (fractions of the shorter side)."""
     img = background(rng, height, width)
