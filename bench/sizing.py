@@ -58,6 +58,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b4_few_n3000_px48_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "image_size": 48,
                                      "synth": {"max_objects": 2, "min_radius": 0.2, "max_radius": 0.4},
                                      "init": "pretrained"},
+    "b4_few_n3000_object": {"batch": 4, "lr": 0.04, "train_images": 3000,
+                            "synth": {"max_objects": 2, "labels": "object"}},
+    "b4_few_n3000_object_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
+                                       "synth": {"max_objects": 2, "labels": "object"}},
+    "b4_one_n3000": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 1}},
+    "b4_one_n3000_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 1},
+                                "init": "pretrained"},
 }
 
 
@@ -123,10 +130,11 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
         if it in points:
             train_s += time.perf_counter() - tick
             m = evaluate(model, val)
-            evals[points[it]] = {"bbox_AP": m["bbox_AP"], "segm_AP": m["segm_AP"], "train_s": train_s}
+            evals[points[it]] = {k: m[k] for k in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP")}
+            evals[points[it]]["train_s"] = train_s
             model.train()
             tick = time.perf_counter()
-    text = ", ".join(f"{e['bbox_AP']:.1f} @{n}" for n, e in evals.items())
+    text = ", ".join(f"{e['bbox_AP']:.1f} (AP50 {e['bbox_AP50']:.1f}) @{n}" for n, e in evals.items())
     print(f"  {name:11s} seed {seed}: bbox AP {text}  ({time.perf_counter() - start:.0f} s)", flush=True)
     return {"variant": name, "seed": seed, "settings": v, "evals": evals, "bf16": bf16}
 

@@ -46,6 +46,9 @@ class SynthSpec:
     max_objects: int = 4
     min_radius: float = 0.14  # an object's circumradius, as a fraction of the image's shorter side
     max_radius: float = 0.36
+    # "shape": one category per shape class (CLASSES); "object": every instance is one category,
+    # "object" (class-agnostic detection: what to find, not what it is)
+    labels: str = "shape"
 
     def __post_init__(self) -> None:
         require(self.train_images >= 1, "train_images", f"{self.train_images!r} must be >= 1")
@@ -56,6 +59,12 @@ class SynthSpec:
         require(0.05 <= self.min_radius <= self.max_radius <= 0.5, "max_radius",
                 f"need 0.05 <= min_radius <= max_radius <= 0.5 (of the shorter side), got "
                 f"{self.min_radius}, {self.max_radius}")
+        require(self.labels in ("shape", "object"), "labels", f"{self.labels!r} must be 'shape' or 'object'")
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The detection categories, in category-id order (1, 2, ...)."""
+        return CLASSES if self.labels == "shape" else ("object",)
 
 
 @dataclass(frozen=True)
@@ -242,14 +251,15 @@ def write_split(out: Path, split: str, count: int, spec: SynthSpec,
         Image.fromarray(pixels).save(image_dir / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for cls, parts in instances:
-            annotations.append(_annotation(len(annotations) + 1, image_id, cls, parts, height, width))
+            label = cls if spec.labels == "shape" else 0
+            annotations.append(_annotation(len(annotations) + 1, image_id, label, parts, height, width))
         if progress and (index + 1) % 250 == 0:
             progress(f"  {split}: {index + 1}/{count} images")
     coco = {"info": {"description": "rethinking-pretraining-study synthetic shapes",
                      "spec": asdict(spec)},
             "licenses": [], "images": images, "annotations": annotations,
             "categories": [{"id": k + 1, "name": name, "supercategory": "shape"}
-                           for k, name in enumerate(CLASSES)]}
+                           for k, name in enumerate(spec.categories)]}
     path = out / f"{split}.json"
     path.write_text(json.dumps(coco))
     return path

@@ -85,9 +85,7 @@ def checkpoint_bytes(cfg: StudyConfig) -> int:
     """Bytes of one trial checkpoint: the model's state (parameters and buffers) and SGD's
     momentum for every trained parameter, in fp32 (the model is built on the meta device: no
     memory, no data). Classes: the synthetic set's, or COCO's 80 for a COCO-format set."""
-    from study.data.synthetic import CLASSES
-
-    classes = len(CLASSES) if cfg.data.source == "synthetic" else COCO_CLASSES
+    classes = len(cfg.data.synthetic.categories) if cfg.data.source == "synthetic" else COCO_CLASSES
     with torch.device("meta"):
         model = build_detector(cfg, classes)
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())

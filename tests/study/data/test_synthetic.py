@@ -103,3 +103,24 @@ def test_object_sizes_follow_the_radius_range(tmp_path: Path) -> None:
     assert sum(big) / len(big) > 1.3 * sum(small) / len(small)
     with pytest.raises(Exception, match="max_radius"):
         SynthSpec(min_radius=0.4, max_radius=0.3)
+
+
+def test_object_labels_are_one_category_of_the_same_instances(tmp_path: Path) -> None:
+    """labels: object keeps every image and instance and gives them all category 1, "object"."""
+    shape = json.loads(write_synthetic(tmp_path / "shape", SynthSpec(train_images=12, val_images=1))
+                       .train_annotations.read_text())
+    obj = json.loads(write_synthetic(tmp_path / "object", SynthSpec(train_images=12, val_images=1,
+                                                                    labels="object"))
+                     .train_annotations.read_text())
+    assert [c["name"] for c in obj["categories"]] == ["object"]
+    assert {a["category_id"] for a in obj["annotations"]} == {1}
+    assert len({a["category_id"] for a in shape["annotations"]}) > 1
+    strip = [{k: v for k, v in a.items() if k != "category_id"} for a in shape["annotations"]]
+    assert strip == [{k: v for k, v in a.items() if k != "category_id"} for a in obj["annotations"]]
+    assert (tmp_path / "shape" / "train" / "000007.png").read_bytes() == \
+        (tmp_path / "object" / "train" / "000007.png").read_bytes()
+    with pytest.raises(Exception, match="labels"):
+        SynthSpec(labels="colour")
+    assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--train-images", "2", "--val-images", "1",
+                 "--labels", "object"]) == 0
+    assert [c["name"] for c in json.loads((tmp_path / "cli" / "val.json").read_text())["categories"]] == ["object"]
