@@ -103,3 +103,16 @@ def test_the_sizing_script_runs(tmp_path) -> None:
     assert [(r["variant"], sorted(r["evals"])) for r in results] == [("base", ["16", "8"]), ("rois128", ["16", "8"])]
     assert results[1]["settings"]["profile"]["box_batch_per_image"] == 128
     assert "bbox AP after N training images" in out.stdout
+
+
+def test_the_other_shapes_set_holds_only_classes_the_detector_does_not_detect(tmp_path) -> None:
+    from study.data.classification import load_image_folder
+    from study.data.synthetic import CLASSES
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "other_shapes.py"), "--out", str(tmp_path / "o"),
+                          "--train-images", "10", "--val-images", "5"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    train, val, classes = load_image_folder(tmp_path / "o", 64)
+    assert classes == sorted(["pentagon", "cross", "ring", "crescent", "arrow"]) and not set(classes) & set(CLASSES)
+    assert (len(train), len(val)) == (10, 5) and sorted(train.targets) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
