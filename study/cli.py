@@ -210,7 +210,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from study.train.state import checkpoint_bytes
 
     cfg = load_study(args.space)
-    print(format_plan(cfg, plan_study(cfg), checkpoint_bytes=checkpoint_bytes(cfg), s_per_iter=args.s_per_iter))
+    plan = plan_study(cfg, lrs=args.lrs, keep=args.keep)
+    print(format_plan(cfg, plan, checkpoint_bytes=checkpoint_bytes(cfg), s_per_iter=args.s_per_iter))
     return 0
 
 
@@ -368,11 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = verbs.add_parser(
         "plan", help="validate a study and print what it trains, without starting Ray",
-        description="Print the cells, trials, lineages, fork points and iterations with and "
-                    "without forking; with --s-per-iter, the trial-hours and GPU-hours.")
+        description="Print the cells, trials, lineages, fork points and iterations: naive (every "
+                    "trial from 0), forked, and forked + successive halving over the schedules; with "
+                    "--s-per-iter, the trial-hours and GPU-hours of each.")
     plan.add_argument("space", type=Path, help="study YAML")
     plan.add_argument("--s-per-iter", type=float, default=None,
                       help="seconds per training iteration of one trial, for the time estimate")
+    plan.add_argument("--lrs", type=int, default=None,
+                      help="price it with this many LR candidates per cell (default: the study's own)")
+    plan.add_argument("--keep", type=float, default=None,
+                      help="halving's fraction kept per schedule (default: lr.halving.keep, else 0.5)")
     plan.set_defaults(func=_cmd_plan)
 
     config = verbs.add_parser("config", help="validate a study file and print it resolved",

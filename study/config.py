@@ -217,15 +217,35 @@ class GridConfig:
             require(0 < f <= 1, "data_fraction", f"{f!r} must be in (0, 1]")
 
 
+# Optuna samplers for the LR search (`study.tune.searcher.make_sampler` builds them; README "LR
+# search" has the measurement that chose the default).
+LRSampler = Literal["gp", "qmc", "qmc-tpe", "tpe", "random", "tpe-default"]
+
+
+@dataclass(frozen=True)
+class HalvingConfig:
+    """Successive halving over the schedules: every LR candidate of a lineage group trains to the
+    shortest schedule; the best `keep` fraction (by that schedule's final bbox AP) continue their
+    trunks to the next schedule, and so on (`study.plan.halving`)."""
+
+    keep: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(0 < self.keep < 1, "keep", f"{self.keep!r} must be between 0 and 1 (exclusive)")
+
+
 @dataclass(frozen=True)
 class LRConfig:
-    """The base LR: a grid (`values`) or a log-uniform range searched by Optuna (TPE)."""
+    """The base LR: a grid (`values`) or a log-uniform range searched by Optuna; optionally halved
+    over the schedules (`halving`)."""
 
     values: tuple[float, ...] = ()
     low: float | None = None
     high: float | None = None
     samples: int = 4  # Optuna trials per cell
-    seed: int = 0  # the TPE sampler's seed
+    seed: int = 0  # the sampler's seed; each (init, size, seed) group's study mixes in its own name
+    sampler: LRSampler = "gp"
+    halving: HalvingConfig | None = None  # off unless given
 
     def __post_init__(self) -> None:
         ranged = self.low is not None or self.high is not None
@@ -243,6 +263,14 @@ class LRConfig:
             require(v > 0, "values", f"{v!r} must be > 0")
         require(len(set(self.values)) == len(self.values), "values",
                  f"{list(self.values)!r} lists a value twice")
+        require(self.halving is None or self.candidates >= 2, "halving",
+                 f"halving ranks the LR candidates of a cell, and there is {self.candidates}: give at "
+                 "least 2 values or samples, or remove halving")
+
+    @property
+    def candidates(self) -> int:
+        """LRs per (init, size, seed) group at the shortest schedule."""
+        return self.samples if self.is_search else len(self.values)
 
     @property
     def is_search(self) -> bool:

@@ -6,8 +6,10 @@
       <name>/                        one study run
         study.yaml                   the resolved config it was started with
         run.json                     hardware, start, end, seconds per phase (`RunInfo`)
+        optuna.journal               the LR search's Optuna studies, one per (init, size, seed) group
+        halving.json                 successive halving's decisions: who was dropped, where
         .lock | lock.json            held while a `study run` writes it (flock; a lease on URIs)
-        trials/<trial>/              one Tune trial: the durable results
+        trials/<trial>/              one study trial (a halving trunk: one Tune trial per segment)
           metrics.jsonl              one JSON row per evaluation (append-only, fsync'ed)
           checkpoint.pt              the last evaluation's full training state
           fork_<iteration>.pt        a trunk's state where a shorter schedule leaves it
@@ -36,6 +38,8 @@ PRETRAINED = "pretrained"
 # <storage>/<name>/
 STUDY_FILE = "study.yaml"
 RUN_INFO = "run.json"
+OPTUNA_JOURNAL = "optuna.journal"
+HALVING = "halving.json"
 LOCK = ".lock"
 LEASE = "lock.json"
 TRIALS = "trials"

@@ -19,9 +19,10 @@ import pandas as pd
 
 from study import layout
 from study.analysis import claims, figures, tables
-from study.analysis.results import export_results, final_rows, load_results, run_config
+from study.analysis.results import export_results, final_rows, load_results, read_decisions, run_config
 from study.config import AnalysisConfig, StudyConfig, study_from_dict
 from study.plan.budget import plan_study
+from study.plan.halving import Decision
 from study.plan.schedule import schedule_for
 
 
@@ -43,7 +44,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
-    planned = plan_study(cfg).trials if cfg else None
+    planned = plan_study(cfg).trials_run if cfg else None
+    decisions = read_decisions(run_dir)
     state = ("complete" if planned is not None and ended >= planned and ended == len(finals)
              else f"partial: {ended} of {planned if planned is not None else '?'} planned trials ended")
     sections: list[tuple[str, Any]] = []  # (title, str | list[str] | DataFrame | Path)
@@ -69,6 +71,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
             ("Samples seen (pre-training included)", tables.samples_seen(df)),
             ("Problems (not in any average)", tables.problems(df)),
         ]
+        if decisions:
+            sections.append(("Successive halving: LRs dropped early (never trained to the longer "
+                             "schedules; assumes the LR ranking at the shorter schedule holds at the longer)",
+                             tables.halving(decisions)))
         milestones = ({s: list(schedule_for(s, cfg.solver).milestones) for s in cfg.grid.schedule}
                       if cfg else None)
         margins = {c.size: c.margin for c in found if c.claim == "catches_up" and c.margin is not None}
@@ -85,7 +91,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     title = f"Study {raw.get('name', run_dir.name)}: scratch vs pretrained ({state})"
     (out / "report.md").write_text(_markdown(title, sections))
     (out / "report.html").write_text(_html(title, sections))
-    return out / "report.md", _summary(df, found, omitted)
+    return out / "report.md", _summary(df, found, omitted, decisions=decisions)
 
 
 def _judge(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None) -> tuple[list[claims.Claim], list[str]]:
@@ -99,7 +105,8 @@ def summary(df: pd.DataFrame, cfg: StudyConfig | None = None, tol: float | None 
     return _summary(df, *_judge(df, cfg, tol))
 
 
-def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], metric: str = "bbox_AP") -> str:
+def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], metric: str = "bbox_AP",
+             decisions: list[Decision] | None = None) -> str:
     if df.empty:
         return "no results yet"
     parts = [f"the paper's claims (pretrained - scratch, {metric}):", f"  {claims.INTERVAL_RULE}"]
@@ -112,6 +119,11 @@ def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], me
     for size, pivot in tables.table1(tables.final_table(df, metric)).items():
         parts.append(f"  {size} training images")
         parts += ["    " + line for line in pivot.to_string().splitlines()]
+    for d in decisions or []:
+        if d.dropped:
+            parts.append(f"- Halving dropped LR {', '.join(f'{v:g}' for v in d.dropped)} of {d.init}, "
+                         f"{d.size} images, seed {d.seed} after {d.schedule:g}x (kept "
+                         f"{', '.join(f'{v:g}' for v in d.kept) or 'none'}).")
     bad = tables.problems(df)
     if len(bad):
         parts.append(f"- Not in the means: {len(bad)} trial(s) did not finish: " + "; ".join(

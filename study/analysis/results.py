@@ -4,11 +4,13 @@ Every trial writes its own metric log (`study.layout`; append-only, fsync'ed), s
 are the complete history even when Tune lost rows to a crash (a restored Tune experiment keeps
 only what it had checkpointed). A branch's log starts with the rows it shares with its trunk, so
 each schedule reads as a separate run. A trial whose process raised leaves the failure marker:
-its last row's status reads 'errored'.
+its last row's status reads 'errored'. A trunk that successive halving stopped (`halving.json`)
+pauses at a fork point: its last row's status reads 'dropped'.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import pandas as pd
 import yaml
 
 from study import layout
-from study.plan.trials import Size
+from study.plan.halving import Decision
+from study.plan.trials import Size, Trial
 
 FIRST = ["trial", "init", "schedule", "size", "train_images", "base_lr", "seed", "norm", "backbone",
          "iteration", "status", "lr", "loss", "bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP",
@@ -34,17 +37,20 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
 
     Columns: trial, the trial's factors (init, schedule, size as 'full' | '1000' | 'frac0.1',
     train_images, data_fraction, base_lr, seed), the model's norm and backbone, iteration,
-    status (running | finished | diverged | errored), lr, losses, bbox_ and segm_ AP metrics
+    status (running | finished | diverged | errored | dropped), lr, losses, bbox_ and segm_ AP metrics
     (0-100), images_per_s and samples seen (images, instances, pixels; pre-training's too).
     """
     trials = Path(run_dir) / layout.TRIALS
     if not trials.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a study run: it has no {layout.TRIALS}/ folder")
     frames = []
+    dropped = dropped_trunks(run_dir)
     for folder in sorted(p for p in trials.iterdir() if p.is_dir()):
         rows = layout.read_metrics(folder)
         if rows and (folder / layout.FAILED).is_file() and rows[-1]["status"] == "running":
             rows[-1] = {**rows[-1], "status": "errored"}
+        if rows and folder.name in dropped and rows[-1]["status"] == "running":
+            rows[-1] = {**rows[-1], "status": "dropped"}
         if rows:
             frames.append(pd.DataFrame(rows).assign(trial=folder.name))
     if not frames:
@@ -55,6 +61,22 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     df["norm"], df["backbone"] = model.get("norm"), model.get("backbone")
     first = [c for c in FIRST if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def read_decisions(run_dir: str | Path) -> list[Decision]:
+    """Successive halving's decisions in a run folder, in the order made; [] without halving."""
+    path = Path(run_dir) / layout.HALVING
+    return [Decision.from_dict(d) for d in json.loads(path.read_text())] if path.is_file() else []
+
+
+def dropped_trunks(run_dir: str | Path) -> set[str]:
+    """The trial folders of the trunks halving stopped (a dropped LR's longest schedule)."""
+    schedules = run_config(run_dir).get("grid", {}).get("schedule")
+    if not schedules:
+        return set()
+    return {Trial(init=d.init, schedule=float(max(schedules)), base_lr=lr, seed=d.seed,  # type: ignore[arg-type]
+                  size=Size.parse(d.size)).name()
+            for d in read_decisions(run_dir) for lr in d.dropped}
 
 
 def final_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,8 @@ the range over seeds. Every comparison is at each cell's best LR (highest final 
 - `final_table`: final AP per (size, init, schedule) (the paper's Table 1, `table1` pivots it);
 - `lr_sensitivity`: final AP per LR in every cell;
 - `samples_seen`: images, instances and pixels seen, pre-training included (the paper's Fig. 2);
-- `problems`: the trials that did not finish.
+- `problems`: the trials that did not finish;
+- `halving`: successive halving's decisions (which LRs were dropped, at which schedule).
 
 The paper's claims, judged with paired seeds and intervals, are in `study.analysis.claims`.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import pandas as pd
 
 from study.analysis.results import final_rows
+from study.plan.halving import Decision
 
 CELL = ["size", "init", "schedule"]
 
@@ -85,7 +87,22 @@ def samples_seen(df: pd.DataFrame, metric: str = "bbox_AP") -> pd.DataFrame:
 
 
 def problems(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials that did not finish: diverged, errored or still running, with where they stopped."""
+    """Trials that did not finish: diverged, errored or still running, with where they stopped
+    (a trunk that halving dropped is not a problem: `halving` lists it)."""
     final = final_rows(df)
-    bad = final[final["status"] != "finished"]
+    bad = final[~final["status"].isin(["finished", "dropped"])]
     return bad[["trial", "status", "iteration", *CELL, "base_lr", "seed"]].reset_index(drop=True)
+
+
+def halving(decisions: list[Decision]) -> pd.DataFrame:
+    """One row per halving decision: the group, the schedule that ranked its LRs, each LR with
+    its final bbox AP (best first), and the LRs that went on and that were dropped there (so
+    never trained to the longer schedules)."""
+    def lrs(values: tuple[float, ...]) -> str:
+        return ", ".join(f"{v:g}" for v in values) or "-"
+
+    return pd.DataFrame([{"size": d.size, "init": d.init, "seed": d.seed, "ranked at": f"{d.schedule:g}x",
+                          "LR (bbox AP)": ", ".join(f"{lr:g} ({'-' if ap is None else f'{ap:.1f}'})"
+                                                    for lr, ap in d.ranked),
+                          "kept": lrs(d.kept), "dropped": lrs(d.dropped)} for d in decisions],
+                        columns=["size", "init", "seed", "ranked at", "LR (bbox AP)", "kept", "dropped"])

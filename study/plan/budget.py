@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 from study.config import StudyConfig
 from study.layout import TRAIN_CHECKPOINTS_KEPT
+from study.plan.halving import halving_iterations, stages, survivor_counts
 from study.plan.schedule import fork_points, schedule_for
 from study.plan.trials import sizes
+
+DEFAULT_KEEP = 0.5  # the fraction `study plan` prices halving at when the study sets none
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,11 @@ class StudyPlan:
     lineages: int
     iterations_separate: int  # every trial trained from iteration 0
     iterations_forked: int  # trunks in full, branches from their fork point
+    iterations_halving: int  # forked, with successive halving over the schedules at `keep`
+    keep: float  # halving's fraction: the study's own, or DEFAULT_KEEP
+    halving: bool  # whether the study halves (`lr.halving`)
+    tune_trials: int  # Tune trials the study runs (a halving trunk is one per segment), at most
+    trials_run: int  # study trials (folders of results) it runs: fewer than `trials` with halving
     images_per_iteration: int
     gpus_per_trial: float
     workers_per_trial: int
@@ -32,19 +40,36 @@ class StudyPlan:
     def forked_ratio(self) -> float:
         return self.iterations_forked / self.iterations_separate
 
+    @property
+    def halving_ratio(self) -> float:
+        return self.iterations_halving / self.iterations_separate
 
-def plan_study(cfg: StudyConfig) -> StudyPlan:
+
+def plan_study(cfg: StudyConfig, *, lrs: int | None = None, keep: float | None = None) -> StudyPlan:
+    """What `cfg` trains; `lrs` and `keep` price it with another number of LR candidates per cell
+    or another halving fraction (`study plan --lrs --keep`)."""
     grid, solver = cfg.grid, cfg.solver
-    n_lr = cfg.lr.samples if cfg.lr.is_search else len(cfg.lr.values)
-    lineages = len(grid.init) * len(sizes(grid)) * len(grid.seeds) * n_lr
+    n_lr = lrs or cfg.lr.candidates
+    halving = cfg.lr.halving is not None
+    keep = keep or (cfg.lr.halving.keep if cfg.lr.halving is not None else DEFAULT_KEEP)
+    groups = len(grid.init) * len(sizes(grid)) * len(grid.seeds)
+    lineages = groups * n_lr
     lengths = {s: schedule_for(s, solver).max_iter for s in grid.schedule}
     tails = sum(lengths[s] - at for s, at in fork_points(grid.schedule, solver).items())
+    n_stages = len(stages(grid.schedule, solver))
+    # per stage m candidates run a trunk segment and a branch; the last stage, the trunk's end
+    counts = survivor_counts(n_lr, keep, n_stages)
     res = cfg.resources
     return StudyPlan(
         cells=len(grid.init) * len(grid.schedule) * len(sizes(grid)) * len(grid.seeds),
         lrs_per_cell=n_lr, trials=lineages * len(grid.schedule), lineages=lineages,
         iterations_separate=lineages * sum(lengths.values()),
         iterations_forked=lineages * (max(lengths.values()) + tails),
+        iterations_halving=groups * halving_iterations(n_lr, keep, grid.schedule, solver),
+        keep=keep, halving=halving,
+        tune_trials=groups * (2 * sum(counts[:-1]) + counts[-1]) if halving else lineages * len(grid.schedule),
+        # with halving: every candidate's trunk, and the branches of the stages it reached
+        trials_run=groups * (n_lr + sum(counts[:-1])) if halving else lineages * len(grid.schedule),
         images_per_iteration=solver.ims_per_batch, gpus_per_trial=res.workers * res.gpus_per_worker,
         workers_per_trial=res.workers,
         # each trial keeps its checkpoint; each trunk one fork checkpoint per shorter schedule; a
@@ -82,8 +107,10 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
     """The plan as the `study plan` command prints it; `checkpoint_bytes` is the size of one
     trial checkpoint (`study.train.state.checkpoint_bytes`)."""
     grid = cfg.grid
-    lr = (f"Optuna TPE, {cfg.lr.samples} samples per cell in [{cfg.lr.low:g}, {cfg.lr.high:g}] (log)"
+    lr = (f"Optuna {cfg.lr.sampler}, {cfg.lr.samples} samples per cell in [{cfg.lr.low:g}, {cfg.lr.high:g}] (log)"
           if cfg.lr.is_search else "grid " + ", ".join(f"{v:g}" for v in cfg.lr.values))
+    if plan.lrs_per_cell != cfg.lr.candidates:
+        lr += f"; planned with {plan.lrs_per_cell} LRs per cell (--lrs)"
     lines = [
         f"study {cfg.name}: {plan.cells} cells x {plan.lrs_per_cell} LRs = {plan.trials} trials "
         f"in {plan.lineages} lineages",
@@ -100,8 +127,12 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
     if forks:
         lines.append("  forks     " + ", ".join(f"{s:g}x leaves the {max(grid.schedule):g}x trunk at "
                                                  f"{at}" for s, at in forks.items()))
-    lines += [f"iterations: {plan.iterations_forked:,} with forking, {plan.iterations_separate:,} "
-              f"without ({plan.forked_ratio:.2f}x)",
+    runs = "forked + halving" if plan.halving else "forked"
+    lines += [f"iterations: {plan.iterations_separate:,} naive (every trial from 0), "
+              f"{plan.iterations_forked:,} forked ({plan.forked_ratio:.2f}x), "
+              f"{plan.iterations_halving:,} forked + halving keep {plan.keep:g} ({plan.halving_ratio:.2f}x); "
+              f"this study runs {runs}"
+              + ("" if plan.halving or plan.lrs_per_cell < 2 else " (add lr.halving to halve)"),
               f"disk: {_size(checkpoint_bytes * plan.checkpoint_files)} of checkpoints at most "
               f"({plan.checkpoint_files} files of {_size(checkpoint_bytes)}: one per trial, one per fork "
               "point until its branch starts"
@@ -110,9 +141,14 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
     lines.append("evaluations: " + ", ".join(f"{s:g}x {evaluations(s, cfg)}" for s in sorted(grid.schedule))
                  + f" (every {cfg.solver.eval_period} iterations and at the end)")
     lines += evaluation_warnings(cfg)
+    if plan.halving or plan.lrs_per_cell > 1:
+        counts = survivor_counts(plan.lrs_per_cell, plan.keep, len(grid.schedule))
+        lines.append(f"halving{'' if plan.halving else ' (if on)'}: LRs per cell at " + ", ".join(
+            f"{s:g}x {m}" for s, m in zip(sorted(grid.schedule), counts))
+            + " (ranked by each schedule's final bbox AP)")
     if s_per_iter is not None:
-        for label, iters in (("with forking", plan.iterations_forked),
-                             ("without", plan.iterations_separate)):
+        for label, iters in (("naive", plan.iterations_separate), ("forked", plan.iterations_forked),
+                             ("forked + halving", plan.iterations_halving)):
             hours = iters * s_per_iter / 3600
             gpu = f", {hours * plan.gpus_per_trial:,.1f} GPU-hours" if plan.gpus_per_trial else ""
             lines.append(f"at {s_per_iter:g} s/iteration {label}: {hours:,.1f} trial-hours{gpu}")

@@ -99,30 +99,42 @@ class Point:
     A trunk (the lineage's longest schedule) trains from iteration 0 and writes a fork checkpoint
     at each iteration of `fork_at`; a branch with `fork_iter` starts from its trunk's checkpoint
     at that iteration. Without forking every trial trains from 0 (`fork_iter` None, no `fork_at`).
+    With halving (`study.plan.halving`) a trunk trains in segments, one Tune trial each: from
+    `start_at` (where its last segment paused) to `stop_at`, where it pauses with a checkpoint
+    (None: to its end).
     """
 
     trial: Trial
     trunk_schedule: float
     fork_iter: int | None = None
     fork_at: tuple[int, ...] = ()
+    start_at: int = 0
+    stop_at: int | None = None
 
     @property
     def trunk(self) -> Trial:
         return dataclasses.replace(self.trial, schedule=self.trunk_schedule)
+
+    def tune_name(self) -> str:
+        """The Tune trial's name and folder: the trial's own, plus where a paused segment stops
+        ('..._s0_to300'); every segment of a trunk shares the trial's folder of results."""
+        return self.trial.name() + ("" if self.stop_at is None else f"_to{self.stop_at}")
 
     def to_config(self) -> dict[str, Any]:
         """Tune's config of the trial: flat keys, which its trial table and TensorBoard show."""
         t = self.trial
         return {"init": t.init, "size": t.size.label, "seed": t.seed, "lr": t.base_lr,
                 "trunk_schedule": self.trunk_schedule, "schedule": t.schedule,
-                "fork_iter": self.fork_iter, "fork_at": list(self.fork_at)}
+                "fork_iter": self.fork_iter, "fork_at": list(self.fork_at),
+                "start_at": self.start_at, "stop_at": self.stop_at}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Point:
         trial = Trial(init=config["init"], schedule=float(config["schedule"]), base_lr=float(config["lr"]),
                       seed=int(config["seed"]), size=Size.parse(config["size"]))
         return cls(trial=trial, trunk_schedule=float(config["trunk_schedule"]),
-                   fork_iter=config["fork_iter"], fork_at=tuple(config["fork_at"]))
+                   fork_iter=config["fork_iter"], fork_at=tuple(config["fork_at"]),
+                   start_at=int(config.get("start_at", 0)), stop_at=config.get("stop_at"))
 
 
 def lineage(trunk: Trial, forks: dict[float, int], *, forking: bool = True) -> tuple[Point, list[Point]]:

@@ -135,16 +135,20 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                 report: Report = lambda _m, _c: None,
                 resume_from: str | Path | None = None, stop_at: int | None = None,
-                fork_at: Collection[int] = (), device: torch.device | str = "cpu",
-                sync: Sync = lambda _path: None) -> dict[str, Any]:
+                pause_at: int | None = None, fork_at: Collection[int] = (),
+                device: torch.device | str = "cpu", sync: Sync = lambda _path: None) -> dict[str, Any]:
     """Train (or resume) one trial; returns its last metrics row. See the module docstring.
 
     It resumes from `resume_from`, else from the checkpoint in `out_dir` if there is one.
-    `stop_at` ends the run early at that iteration (for tests of resumption). At each iteration
-    in `fork_at` it also writes a fork checkpoint, from which `study.tune.forking.start_branch`
-    starts a shorter schedule. Rank 0 calls `sync(path)` after each file it writes (shared
-    storage pushes it).
+    `stop_at` ends the run early at that iteration, with an evaluation (for tests of resumption).
+    `pause_at` ends it there with a checkpoint and no evaluation unless one falls due, so that a
+    later call continues exactly as an uninterrupted run (a halving trunk's segment); it reports
+    a 'paused' row (the last evaluation's AP) that is not logged. At each iteration in `fork_at`
+    it also writes a fork checkpoint, from which `study.tune.forking.start_branch` starts a
+    shorter schedule. Rank 0 calls `sync(path)` after each file it writes (shared storage pushes it).
     """
+    if stop_at is not None and pause_at is not None:
+        raise ValueError("give stop_at or pause_at, not both")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     batch = cfg.solver.ims_per_batch
@@ -156,22 +160,36 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     ckpt_path = out_dir / layout.CHECKPOINT
     progress = restore(setup, out_dir, Path(resume_from) if resume_from is not None else ckpt_path,
                        rank=rank, sync=sync)
-    end = setup.schedule.max_iter if stop_at is None else min(stop_at, setup.schedule.max_iter)
+    until = stop_at if stop_at is not None else pause_at
+    end = setup.schedule.max_iter if until is None else min(until, setup.schedule.max_iter)
+    pause = pause_at is not None and end < setup.schedule.max_iter
     if progress.iteration >= end:  # already trained this far: report where it stands, train nothing
-        done = layout.read_metrics(out_dir)
-        row = done[-1] if done else {}
+        row = paused_row(trial, out_dir, progress.iteration) if pause else _last_row(out_dir)
         report(row, None)
         return row
     if progress.iteration and rank == 0:
         _announce(trial, out_dir, progress.iteration)
     if world_size > 1:  # SyncBatchNorm before DDP; refused off the GPU (the config refuses it too)
         setup.model = convert_sync_batchnorm(setup.model, cfg.model.norm, device)
-    return _loop(cfg, trial, setup, progress, wrap(setup.model), out_dir=out_dir, end=end, rank=rank,
-                 world_size=world_size, report=report, fork_at=fork_at, sync=sync)
+    return _loop(cfg, trial, setup, progress, wrap(setup.model), out_dir=out_dir, end=end, pause=pause,
+                 rank=rank, world_size=world_size, report=report, fork_at=fork_at, sync=sync)
+
+
+def _last_row(out_dir: Path) -> dict[str, Any]:
+    done = layout.read_metrics(out_dir)
+    return done[-1] if done else {}
+
+
+def paused_row(trial: Trial, out_dir: Path, iteration: int) -> dict[str, Any]:
+    """What a paused segment reports to Tune (not logged): where it paused, and the AP of its
+    last evaluation (NaN before the first one: Tune needs the metric in every result)."""
+    last = _last_row(out_dir)
+    return {"iteration": iteration, "status": "paused", **trial.columns(),
+            "bbox_AP": last.get("bbox_AP", float("nan")), "segm_AP": last.get("segm_AP", float("nan"))}
 
 
 def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net: nn.Module, *,
-          out_dir: Path, end: int, rank: int, world_size: int, report: Report,
+          out_dir: Path, end: int, pause: bool, rank: int, world_size: int, report: Report,
           fork_at: Collection[int], sync: Sync) -> dict[str, Any]:
     """Iterations progress.iteration + 1 .. end: step, count, evaluate, log, checkpoint, fork."""
     solver, device = cfg.solver, setup.device
@@ -223,7 +241,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
             log(row)
             report(row, None)
             return row
-        evaluating = it % solver.eval_period == 0 or it == setup.schedule.max_iter or it == end
+        evaluating = it % solver.eval_period == 0 or it == setup.schedule.max_iter or (it == end and not pause)
         if evaluating:
             mean_losses = progress.take_mean_losses(world_size)
             row = evaluate_row(setup, trial, it, lr, mean_losses, progress, rank=rank, world_size=world_size,
@@ -235,4 +253,8 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
             saved = save(out_dir / layout.CHECKPOINT, it)
             report(row, saved)
             tick, n_timed = time.perf_counter(), 0
+        elif pause and it == end:  # the trunk continues from here in a later segment
+            saved = save(out_dir / layout.CHECKPOINT, it)
+            row = paused_row(trial, out_dir, it)
+            report(row, saved)
     return row

@@ -25,7 +25,7 @@ from study.plan.budget import evaluation_warnings, plan_study
 from study.plan.trials import Point
 from study.tune.launch import start_ray
 from study.tune.preflight import check_study_data
-from study.tune.searcher import METRIC, MODE, StudySearcher
+from study.tune.searcher import METRIC, MODE, RunFiles, StudySearcher
 from study.tune.storage import RunLock, Store, analyze_stored, node_dir
 from study.tune.trial_fn import StudySetup, study_trial
 from study.tune.weights import weights_in_store
@@ -70,6 +70,9 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
         timings[label] = timings.get(label, 0.0) + now - tick
         tick = now
 
+    if cfg.lr.halving is not None and not forking:
+        raise ConfigError("lr.halving", "halving continues the trunks of the kept LRs: it needs forking "
+                                        "(drop --no-fork, or remove lr.halving)")
     data_root = node_dir(layout.DATA) if store.remote else store.local(layout.DATA)
     check_study_data(cfg, data_root)  # before Ray
     store.write_text(f"{name}/{layout.STUDY_FILE}", dump_study(cfg))
@@ -96,9 +99,10 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
                        pretrained_weights=weights, weights_in_store=in_store)
     trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), trial_resources)
     plan = plan_study(cfg)
-    iterations = plan.iterations_forked if forking else plan.iterations_separate
-    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations"
-          f"{' with forking' if forking else ''} -> {run_dir}")
+    iterations = (plan.iterations_halving if plan.halving else plan.iterations_forked) if forking \
+        else plan.iterations_separate
+    how = (" with forking and halving" if plan.halving else " with forking") if forking else ""
+    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations{how} -> {run_dir}")
     for line in evaluation_warnings(cfg):
         print(line)
     print(f"watch: tensorboard --logdir {store.uri(name, layout.TUNE)}"
@@ -110,7 +114,8 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=StudySearcher(cfg, forking=forking), num_samples=plan.trials,
+                search_alg=StudySearcher(cfg, forking=forking, files=RunFiles(store.uri(), name)),
+                num_samples=plan.tune_trials,  # at most: halving may drop LRs that diverge
                 metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
                 reuse_actors=True,  # one process per concurrent slot: no torch import per trial
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name),
@@ -127,8 +132,9 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
 
 
 def trial_name(tune_trial: Any) -> str:
-    """A Tune trial's name and folder: the study trial's own, e.g. 'scratch_3x_n1000_lr0.05_s0'."""
-    return Point.from_config(tune_trial.config).trial.name()
+    """A Tune trial's name and folder: the study trial's own, e.g. 'scratch_3x_n1000_lr0.05_s0'
+    (a trunk segment that pauses adds where: '..._to300')."""
+    return Point.from_config(tune_trial.config).tune_name()
 
 
 def machine() -> dict[str, Any]:

@@ -45,13 +45,14 @@ class TrialJob:
     data_root: str
     pretrained_weights: str | None
     fork_at: tuple[int, ...] = ()
+    pause_at: int | None = None
     shared: SharedTrial | None = None
 
     def to_config(self) -> dict[str, Any]:
         """Plain data, Ray Train's `train_loop_config`."""
         return {"study": to_dict(self.study), "trial": self.trial.to_dict(), "out_dir": self.out_dir,
                 "data_root": self.data_root, "pretrained_weights": self.pretrained_weights,
-                "fork_at": list(self.fork_at),
+                "fork_at": list(self.fork_at), "pause_at": self.pause_at,
                 "shared": None if self.shared is None else vars(self.shared).copy()}
 
     @classmethod
@@ -60,7 +61,7 @@ class TrialJob:
         return cls(study=study_from_dict(config["study"]), trial=Trial.from_dict(config["trial"]),
                    out_dir=config["out_dir"], data_root=config["data_root"],
                    pretrained_weights=config["pretrained_weights"], fork_at=tuple(config["fork_at"]),
-                   shared=None if shared is None else SharedTrial(**shared))
+                   pause_at=config["pause_at"], shared=None if shared is None else SharedTrial(**shared))
 
 
 def _trial_worker(config: dict[str, Any]) -> None:
@@ -98,30 +99,34 @@ def _trial_worker(config: dict[str, Any]) -> None:
         train_trial(job.study, job.trial, out_dir=out_dir, data_root=job.data_root,
                     pretrained_weights=weights, rank=ctx.get_world_rank(),
                     world_size=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
-                    report=report, resume_from=resume_from, fork_at=job.fork_at,
+                    report=report, resume_from=resume_from, fork_at=job.fork_at, pause_at=job.pause_at,
                     device=ray.train.torch.get_device(), sync=sync)
 
 
 def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
                      pretrained_weights: str | None = None, storage: str | Path | None = None,
-                     fork_at: Collection[int] = (), callbacks: list[Any] | None = None,
+                     fork_at: Collection[int] = (), pause_at: int | None = None,
+                     run_name: str | None = None, callbacks: list[Any] | None = None,
                      shared: SharedTrial | None = None) -> Any:
     """Run one trial on `cfg.resources.workers` Ray Train workers; returns Ray's Result.
 
     `storage` (a path or URI; default beside `out_dir`) holds Ray Train's checkpoints. With
     `shared` (the study's storage is a URI) every worker pulls the trial's files into its own
     scratch folder and rank 0 pushes what it writes, instead of using `out_dir`. `callbacks` go
-    to Ray Train's RunConfig (the study passes Tune's TuneReportCallback); the run is named after
-    the trial, so a restarted trial finds its own Train snapshot.
+    to Ray Train's RunConfig (the study passes Tune's TuneReportCallback); the run is named
+    `run_name` (default: the trial's name), so a restarted trial finds its own Train snapshot and
+    the next segment of a halving trunk (`pause_at`) starts a run of its own, from the trial's
+    checkpoint.
     """
     out_dir, data_root = Path(out_dir).resolve(), Path(data_root).resolve()  # workers chdir
     split_paths(cfg, data_root)  # make the synthetic set once, before the workers race to
     res = cfg.resources
     start_ray(cpus=res.workers * res.cpus_per_worker)
     job = TrialJob(study=cfg, trial=trial, out_dir=str(out_dir), data_root=str(data_root),
-                   pretrained_weights=pretrained_weights, fork_at=tuple(fork_at), shared=shared)
+                   pretrained_weights=pretrained_weights, fork_at=tuple(fork_at), pause_at=pause_at,
+                   shared=shared)
     return fit_torch(
-        _trial_worker, job.to_config(), name=trial.name(),
+        _trial_worker, job.to_config(), name=run_name or trial.name(),
         storage_path=str(storage) if is_uri(storage or "") else str(Path(storage or out_dir.parent / "ray").resolve()),
         workers=res.workers, use_gpu=res.gpus_per_worker > 0,
         resources_per_worker={"CPU": res.cpus_per_worker,

@@ -163,10 +163,10 @@ def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path]
 
 
 def fetch_run(store: Store, name: str, dest: Path) -> Path:
-    """Copy a study run's durable results (config, run info, every trial's metric log, fork record
-    and failure marker; no checkpoints) from the store into `dest`; returns `dest`."""
+    """Copy a study run's durable results (config, run info, halving's decisions, every trial's
+    metric log, fork record and failure marker; no checkpoints) from the store into `dest`; returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    pull_files(store, name, dest, [layout.STUDY_FILE, layout.RUN_INFO])
+    pull_files(store, name, dest, [layout.STUDY_FILE, layout.RUN_INFO, layout.HALVING])
     for trial in store.listdir(layout.trial_path(name)):
         (dest / layout.TRIALS / trial).mkdir(parents=True, exist_ok=True)
         pull_files(store, layout.trial_path(name, trial), dest / layout.TRIALS / trial, layout.RESULT_FILES)

@@ -6,6 +6,8 @@
   worker group would add ~10 s per trial and nothing else); with more workers it is a Ray Train
   data-parallel job (`study.tune.jobs`) inside the function trainable, its reports forwarded to
   Tune by `TuneReportCallback`.
+- A halving trunk trains in segments (`Point.start_at` .. `Point.stop_at`), one Tune trial each,
+  all in the trial's one folder: a segment pauses with a checkpoint, the next resumes from it.
 - On shared storage (a URI) the trial works in a fresh local folder: it pulls its own files
   first (so it resumes on whichever node it lands) and pushes each file it writes.
 - A trial that raises leaves the failure marker with its traceback, which tells waiting branches.
@@ -113,7 +115,7 @@ def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync)
 
         torch.set_num_threads(cfg.resources.cpus_per_worker)
         train_trial(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
-                    fork_at=point.fork_at, device=trial_device(cfg), sync=sync,
+                    fork_at=point.fork_at, pause_at=point.stop_at, device=trial_device(cfg), sync=sync,
                     report=lambda row, _ckpt: _to_tune(trial, row))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -124,6 +126,7 @@ def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync)
                          weights=setup.pretrained_weights if setup.weights_in_store else None)
     run_trial_on_ray(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
                      storage=store.uri(setup.name, layout.TRAIN_RUNS), fork_at=point.fork_at,
+                     pause_at=point.stop_at, run_name=point.tune_name(),
                      callbacks=[TuneReportCallback()], shared=shared if store.remote else None)
 
 

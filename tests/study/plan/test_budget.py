@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.config import GridConfig, LRConfig, load_study
+from study.config import GridConfig, HalvingConfig, LRConfig, load_study
 from study.plan.budget import evaluation_warnings, evaluations, format_plan, plan_study
 from study.plan.schedule import fork_points
 from study.plan.trials import sizes
@@ -42,9 +42,40 @@ def test_lr_samples_and_fractions_multiply_the_trials() -> None:
 def test_the_printed_plan_has_the_hours() -> None:
     text = format_plan(PAPER, plan_study(PAPER), checkpoint_bytes=100_000_000, s_per_iter=0.5)
     assert "36 cells x 1 LRs = 36 trials in 6 lineages" in text
-    assert "5,040,000 with forking, 11,340,000 without (0.44x)" in text
+    assert "11,340,000 naive (every trial from 0), 5,040,000 forked (0.44x)" in text
     # 5.04M iterations x 0.5 s = 700 h of one trial's 8 GPUs
-    assert "with forking: 700.0 trial-hours, 5,600.0 GPU-hours" in text
+    assert "at 0.5 s/iteration forked: 700.0 trial-hours, 5,600.0 GPU-hours" in text
+    assert "this study runs forked" in text and "halving" not in text.split("this study runs")[1].split("\n")[0]
+
+
+def test_halving_over_the_papers_schedules_with_four_lrs() -> None:
+    """4 LRs per cell, keep 0.5: 4 train to 1x, 2 continue to 2x, 1 to 3x..6x. Per group:
+    4 x (30k trunk + 60k branch) + 2 x (90k + 60k) + 3 x (90k + 60k) + 1 x (540k - 390k)."""
+    plan = plan_study(PAPER, lrs=4)
+    per_group = 4 * 90_000 + 2 * 150_000 + 3 * 150_000 + 150_000
+    assert per_group == 1_260_000
+    assert plan.iterations_halving == 6 * per_group == 7_560_000
+    assert plan.iterations_forked == 6 * 4 * 840_000 == 20_160_000
+    assert plan.iterations_separate == 6 * 4 * 1_890_000 == 45_360_000
+    assert round(plan.halving_ratio, 3) == 0.167 and not plan.halving
+    text = format_plan(PAPER, plan, checkpoint_bytes=1, s_per_iter=0.5)
+    assert ("45,360,000 naive (every trial from 0), 20,160,000 forked (0.44x), 7,560,000 forked + "
+            "halving keep 0.5 (0.17x)") in text
+    assert "LRs per cell at 1x 4, 2x 2, 3x 1, 4x 1, 5x 1, 6x 1" in text
+    assert "at 0.5 s/iteration forked + halving: 1,050.0 trial-hours, 8,400.0 GPU-hours" in text
+
+
+def test_a_study_with_halving_counts_its_segments_and_trials() -> None:
+    cfg = dataclasses.replace(PAPER, lr=LRConfig(low=0.005, high=0.05, samples=8, halving=HalvingConfig(keep=0.25)))
+    plan = plan_study(cfg)
+    # 8 -> 2 -> 1 -> 1 -> 1 -> 1 candidates per group
+    assert plan.halving and plan.keep == 0.25
+    assert plan.iterations_halving == 6 * (8 * 90_000 + 2 * 150_000 + 3 * 150_000 + 150_000)
+    # per group: a trunk segment and a branch per candidate per stage but the last, which is one segment
+    assert plan.tune_trials == 6 * (2 * (8 + 2 + 1 + 1 + 1) + 1)
+    # study trials with results: every candidate's trunk, the branches of the stages each reached
+    assert plan.trials_run == 6 * (8 + 8 + 2 + 1 + 1 + 1)
+    assert "this study runs forked + halving" in format_plan(cfg, plan, checkpoint_bytes=1)
 
 
 def test_study_plan_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

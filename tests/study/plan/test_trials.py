@@ -47,6 +47,10 @@ def test_a_lineage_is_a_trunk_with_fork_points_and_branches_that_leave_there() -
     for point in (head, *branches):  # Tune's config and back
         assert Point.from_config(json.loads(json.dumps(point.to_config()))) == point
     assert branches[0].to_config() == {"init": "scratch", "size": "frac0.1", "seed": 0, "lr": 0.02,
-                                       "trunk_schedule": 3.0, "schedule": 1.0, "fork_iter": 100, "fork_at": []}
+                                       "trunk_schedule": 3.0, "schedule": 1.0, "fork_iter": 100, "fork_at": [],
+                                       "start_at": 0, "stop_at": None}
+    segment = Point(trunk, 3.0, fork_at=(190,), start_at=100, stop_at=190)  # a halving trunk's segment
+    assert Point.from_config(json.loads(json.dumps(segment.to_config()))) == segment
+    assert segment.tune_name() == "scratch_3x_frac0.1_lr0.02_s0_to190" and head.tune_name() == trunk.name()
     unforked, separate = lineage(trunk, {1.0: 100, 2.0: 190}, forking=False)
     assert unforked.fork_at == () and all(b.fork_iter is None for b in separate)

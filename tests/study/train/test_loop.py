@@ -47,6 +47,25 @@ def test_a_resumed_trial_equals_an_uninterrupted_one(tmp_path: Path, tiny_cfg: S
     assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [4, 8]
 
 
+def test_a_paused_trial_continues_as_an_uninterrupted_one_without_an_extra_row(
+        tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
+    """A halving trunk's segment pauses at a fork point that is no evaluation: it checkpoints
+    there, reports a 'paused' row that it does not log, and the next call continues exactly."""
+    full = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "full", data_root=tmp_path)
+    out, reported = tmp_path / "paused", []
+    paused = train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path, pause_at=6,
+                         report=lambda row, ckpt: reported.append((row["status"], row["iteration"], ckpt)))
+    assert paused["status"] == "paused" and paused["iteration"] == 6
+    assert paused["bbox_AP"] == read_metrics(out)[-1]["bbox_AP"]  # the last evaluation's (iteration 4)
+    assert [(s, i) for s, i, _ in reported] == [("running", 4), ("paused", 6)] and reported[-1][2] is not None
+    assert [r["iteration"] for r in read_metrics(out)] == [4]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 6
+    resumed = train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path)
+    assert [r["iteration"] for r in read_metrics(out)] == [4, 8]
+    for key in ("loss", "loss_classifier", "bbox_AP", "segm_AP"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-4), key
+
+
 def test_a_crash_between_the_log_row_and_the_checkpoint_repeats_no_row(tmp_path: Path,
                                                                        tiny_cfg: StudyConfig,
                                                                        tiny_trial: Trial) -> None:

@@ -1,4 +1,4 @@
-"""The smoke study through real Ray Tune + OptunaSearch, with and without forking."""
+"""The smoke study through real Ray Tune + Optuna, with and without forking, and with halving."""
 
 from __future__ import annotations
 
@@ -75,8 +75,9 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
     assert sorted(forked["trial"].unique()) == sorted(separate["trial"].unique())
     assert len(forked["trial"].unique()) == plan.trials
     assert (final_rows(forked)["status"] == "finished").all()
-    lrs = forked["base_lr"].unique()
-    assert len(lrs) == 1 and cfg.lr.low <= lrs[0] <= cfg.lr.high  # one Optuna sample per cell
+    lrs = forked.groupby("init")["base_lr"].unique()  # one Optuna sample per (init, size, seed) group
+    assert all(len(v) == 1 and cfg.lr.low <= v[0] <= cfg.lr.high for v in lrs)
+    assert lrs["scratch"][0] != lrs["pretrained"][0]  # each group's sampler has its own seed
 
     key = ["trial", "iteration"]
     a, b = forked.sort_values(key).reset_index(drop=True), separate.sort_values(key).reset_index(drop=True)
@@ -144,3 +145,66 @@ def test_a_run_folder_is_not_silently_reused(tmp_path: Path) -> None:
     (tmp_path / "smoke" / "study.yaml").write_text("name: smoke\n")
     with pytest.raises(ConfigError, match="holds a study with another configuration"):
         run_study(smoke, storage=tmp_path, resume=True)
+
+
+@pytest.mark.slow
+def test_a_smoke_study_with_halving_trains_the_plan_and_matches_forking(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Two LRs per cell, keep 0.5, through real Tune: both train to 1x (trunk segment to the
+    fork point, then the branch), the better continues its trunk to 2x. The trials that ran are
+    the plan's, the surviving LR's rows equal those of the same study forked without halving, and
+    the report lists the dropped LR."""
+    import dataclasses
+
+    import ray
+
+    from study.analysis.results import read_decisions
+    from study.config import HalvingConfig, LRConfig
+    from study.tune.driver import run_study
+
+    smoke = load_study(SMOKE)
+    lrs = LRConfig(values=(0.01, 0.02))
+    halved = dataclasses.replace(smoke, name="halved", lr=dataclasses.replace(lrs, halving=HalvingConfig(0.5)))
+    forked = dataclasses.replace(smoke, name="forked", lr=lrs)
+    try:
+        grid = run_study(halved, storage=tmp_path, verbose=0)
+        run_study(forked, storage=tmp_path, verbose=0)
+    finally:
+        ray.shutdown()
+    plan = plan_study(halved)
+    assert len(grid) == plan.tune_trials == 2 * (2 * 2 + 1) and not grid.errors
+    decisions = read_decisions(tmp_path / "halved")
+    assert sorted((d.init, d.schedule, len(d.kept), len(d.dropped)) for d in decisions) == [
+        ("pretrained", 1.0, 1, 1), ("scratch", 1.0, 1, 1)]
+    for d in decisions:  # the kept LR is the one with the better 1x AP
+        assert d.ranked[0][0] == d.kept[0] and d.ranked[0][1] >= (d.ranked[1][1] or -1)
+
+    df = load_results(tmp_path / "halved")
+    assert df["trial"].nunique() == plan.trials_run == 2 * (2 + 2)  # every trunk, every 1x branch
+    finals = final_rows(df)
+    dropped = finals[finals["status"] == "dropped"]
+    assert sorted(zip(dropped["init"], dropped["base_lr"])) == sorted((d.init, d.dropped[0]) for d in decisions)
+    assert (dropped["iteration"] == 3).all() and (dropped["schedule"] == 2).all()  # paused at the 1x fork point
+    assert set(finals["status"]) == {"finished", "dropped"}
+    # iterations trained, counted from the logs: 2 x (2 x 6 + 9) per group
+    assert plan.iterations_halving == 2 * (2 * 6 + 9)
+    trunks = dict(zip(finals["trial"], finals["iteration"]))
+    counted = sum(it - (3 if "_1x_" in t else 0) for t, it in trunks.items())
+    assert counted == plan.iterations_halving
+    # no fork checkpoint is left behind by a dropped trunk, nor by a kept one
+    assert not list((tmp_path / "halved" / "trials").glob("*/fork_*.pt"))
+
+    # forked + halving = forked alone, row for row, for the trials halving ran to their end
+    full = load_results(tmp_path / "forked")
+    kept = finals.loc[finals["status"] == "finished", "trial"]
+    key = ["trial", "iteration"]
+    a = df[df["trial"].isin(kept)].sort_values(key).reset_index(drop=True)
+    b = full[full["trial"].isin(kept)].sort_values(key).reset_index(drop=True)
+    assert len(a) and a[key].equals(b[key])
+    for column in ("loss", "bbox_AP", "segm_AP", "lr", "images_seen"):
+        assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), abs=1e-5, nan_ok=True), column
+
+    assert main(["analyze", str(tmp_path / "halved")]) == 0
+    printed = capsys.readouterr().out
+    assert "Halving dropped LR" in printed and "(complete)" in (tmp_path / "halved" / "report" / "report.md").read_text()
+    assert "## Successive halving: LRs dropped early" in (tmp_path / "halved" / "report" / "report.md").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
-from study.analysis.results import load_results
+from study.analysis.results import final_rows, load_results
 
 # Trials run one at a time, so the order is fixed: the two 4x trunks (each with its own
 # Optuna-proposed LR), then the two 1x branches, which leave their trunk at iteration 6.
@@ -128,6 +128,19 @@ def test_a_killed_study_resumes_without_repeating_or_losing_work(tmp_path: Path,
         length = 12 * (4 if "_4x_" in name else 1)
         assert group["iteration"].tolist() == list(range(3, length + 1, 3)), name
         assert group["status"].tolist()[-1] == "finished"
+    # the LR search's Optuna studies are in the run folder and were continued, not restarted:
+    # each lineage's draw is one trial, with the final AP of its trunk as its value
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(runs / "crash" / "optuna.journal")))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["scratch_n16_s0"]
+    study = optuna.load_study(study_name="scratch_n16_s0", storage=storage)
+    finals = final_rows(df)
+    trunks = finals[finals["schedule"] == 4].sort_values("base_lr")
+    told = sorted((t.params["lr"], t.value, t.state.name) for t in study.trials)
+    assert [(lr, state) for lr, _, state in told] == [(lr, "COMPLETE") for lr in trunks["base_lr"]]
+    assert [v for _, v, _ in told] == pytest.approx(trunks["bbox_AP"].tolist())
 
 
 @pytest.mark.slow

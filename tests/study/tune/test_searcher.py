@@ -1,28 +1,34 @@
-"""StudySearcher: trunks first, then branches by fork point; the LR from a list or per-cell Optuna."""
+"""StudySearcher: trunks first, then branches by fork point; the LR from a list or per-cell Optuna
+(persisted in the run folder's journal); successive halving over the schedules."""
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import pytest
 
 from study.config import study_from_dict
-from study.tune.searcher import StudySearcher
+from study.plan.budget import plan_study
+from study.tune.searcher import RunFiles, StudySearcher
 
+SOLVER = {"ims_per_batch": 2, "unit_iters": 10, "drops_before_end": [4, 2], "warmup_iters": 1}
 GRID = study_from_dict({
-    "name": "s",
-    "solver": {"ims_per_batch": 2, "unit_iters": 10, "drops_before_end": [4, 2], "warmup_iters": 1},
-    "grid": {"init": ["scratch", "pretrained"], "schedule": [1, 2, 3], "train_images": [8],
-             "seeds": [0]},
+    "name": "s", "solver": SOLVER,
+    "grid": {"init": ["scratch", "pretrained"], "schedule": [1, 2, 3], "train_images": [8], "seeds": [0]},
     "lr": {"values": [0.01, 0.02]},
 })
 SEARCH = study_from_dict({
-    "name": "s",
-    "solver": {"ims_per_batch": 2, "unit_iters": 10, "drops_before_end": [4, 2], "warmup_iters": 1},
+    "name": "s", "solver": SOLVER,
     "grid": {"init": ["scratch", "pretrained"], "schedule": [1, 3], "train_images": [],
              "data_fraction": [0.5], "seeds": [0, 1]},
     "lr": {"low": 0.001, "high": 0.1, "samples": 2, "seed": 3},
 })
+
+
+def _files(tmp_path: Path) -> RunFiles:
+    return RunFiles(str(tmp_path), "s")
 
 
 def _drain(searcher: StudySearcher, complete: bool = False) -> list[dict]:
@@ -55,8 +61,10 @@ def test_without_forking_every_schedule_runs_from_the_start() -> None:
     assert len(points) == 12 and all(p["fork_iter"] is None and p["fork_at"] == [] for p in points)
 
 
-def test_optuna_proposes_samples_per_cell_in_range_and_learns() -> None:
-    searcher = StudySearcher(SEARCH)
+def test_optuna_proposes_samples_per_cell_in_range_and_learns(tmp_path: Path) -> None:
+    import optuna
+
+    searcher = StudySearcher(SEARCH, files=_files(tmp_path))
     points = _drain(searcher, complete=True)
     trunks = [p for p in points if p["schedule"] == 3]
     assert len(trunks) == 2 * 2 * 2 and len(points) == 16  # (2 inits x 2 seeds) x 2 samples, x 2 schedules
@@ -65,21 +73,148 @@ def test_optuna_proposes_samples_per_cell_in_range_and_learns() -> None:
     for p in trunks:
         by_group.setdefault((p["init"], p["size"], p["seed"]), []).append(p["lr"])
     assert all(len(lrs) == 2 and lrs[0] != lrs[1] for lrs in by_group.values())
-    firsts = {lrs[0] for lrs in by_group.values()}
-    assert len(firsts) == 1  # every cell's TPE starts from the same seeded draw
+    assert len({lrs[0] for lrs in by_group.values()}) == 4  # each cell's sampler has its own seed
     told = searcher.told()  # what each cell's Optuna learnt from: its own two trunks, with their AP
     assert len(told) == 4 and all(
         [(lr, pytest.approx(lr * 100)) for lr in by_group[(init, size.label, seed)]] == results
         for (init, size, seed), results in told.items())
     branches = [p for p in points if p["schedule"] == 1]
     assert sorted(p["lr"] for p in branches) == sorted(p["lr"] for p in trunks)  # same LRs as trunks
+    # the studies are in the run folder's journal, for optuna.load_study and optuna-dashboard
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "s" / "optuna.journal")))
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["pretrained_frac0.5_s0", "pretrained_frac0.5_s1", "scratch_frac0.5_s0", "scratch_frac0.5_s1"]
+    study = optuna.load_study(study_name="scratch_frac0.5_s1", storage=storage)
+    assert [(t.params["lr"], t.value) for t in study.trials] == [
+        (lr, pytest.approx(lr * 100)) for lr in by_group[("scratch", "frac0.5", 1)]]
 
 
-def test_save_and_restore_continue_the_same_sequence(tmp_path: Path) -> None:
-    a, b = StudySearcher(SEARCH), StudySearcher(SEARCH)
-    for i in range(3):
-        a.suggest(f"t{i}")
-    a.save(str(tmp_path / "searcher.pkl"))
-    b.restore(str(tmp_path / "searcher.pkl"))
-    assert [a.suggest(f"u{i}") for i in range(4)] == [b.suggest(f"u{i}") for i in range(4)]
+def test_a_restored_searcher_reuses_the_draws_tune_never_saw(tmp_path: Path) -> None:
+    """Tune saves the searcher's state now and then; a driver killed after more draws leaves
+    trials in the journal that the saved state does not know. The restored searcher gives those
+    draws to Tune instead of drawing again: the journal ends with each planned trial once."""
+    import optuna
 
+    first = StudySearcher(SEARCH, files=_files(tmp_path))
+    seen = [first.suggest(f"t{i}") for i in range(3)]
+    first.save(str(tmp_path / "searcher.pkl"))
+    lost = [first.suggest(f"t{i}") for i in range(3, 5)]  # drawn, then the driver is killed
+    journal = tmp_path / "s" / "optuna.journal"
+    shutil.copy(journal, tmp_path / "journal_at_kill")
+
+    again = StudySearcher(SEARCH, files=_files(tmp_path))
+    again.restore(str(tmp_path / "searcher.pkl"))
+    resumed = []
+    while (p := again.suggest(f"r{len(resumed)}")) != "FINISHED":
+        assert isinstance(p, dict)
+        resumed.append(p)
+        again.on_trial_complete(f"r{len(resumed) - 1}", {"bbox_AP": 10.0})
+    assert [p["lr"] for p in resumed[:2]] == [p["lr"] for p in lost]  # the orphans, in order
+    trunks = [p for p in seen + resumed if p["schedule"] == 3]
+    assert len(trunks) == 8 and len(seen + resumed) == 16
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = [t for s in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
+    assert len(trials) == 8 and sorted(t.params["lr"] for t in trials) == sorted(p["lr"] for p in trunks)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 5  # the 3 seen before the kill were never told
+
+
+# --------------------------------------------------------------------------------------------------
+# Halving, through a stand-in for Tune: runs points FIFO, a branch only once its trunk segment is
+# done, and counts the iterations each trains.
+# --------------------------------------------------------------------------------------------------
+
+HALVING = study_from_dict({
+    "name": "s", "solver": SOLVER,  # 1x 10, 2x 20, 3x 30; forks 1x at 6, 2x at 16
+    "grid": {"init": ["scratch", "pretrained"], "schedule": [1, 2, 3], "train_images": [8], "seeds": [0]},
+    "lr": {"values": [0.01, 0.02, 0.04, 0.08], "halving": {"keep": 0.5}},
+})
+LENGTH = {1.0: 10, 2.0: 20, 3.0: 30}
+
+
+def objective(init: str, lr: float, schedule: float) -> float:
+    """AP peaks at LR 0.02 for scratch and 0.04 for pretrained, grows with the schedule; 0.08
+    diverges for scratch."""
+    if init == "scratch" and lr == 0.08:
+        return float("nan")
+    best = 0.02 if init == "scratch" else 0.04
+    return 10 * schedule - 5 * abs(math.log2(lr / best))
+
+
+def run_like_tune(searcher: StudySearcher, slots: int = 3) -> tuple[list[dict], int]:
+    """Every suggested config, and the iterations trained in all."""
+    done_segments: set[tuple] = set()  # (init, lr, stop_at) of finished trunk segments
+    trunk_at: dict[tuple, int] = {}  # (init, lr) -> where its trunk stands
+    running: list[tuple[str, dict]] = []
+    suggested, iterations, finished, n = [], 0, False, 0
+    while True:
+        while not finished and len(running) < slots:
+            config = searcher.suggest(f"t{n}")
+            if config == "FINISHED":
+                finished = True
+            elif config is None:
+                break  # the searcher waits for a stage's results
+            else:
+                running.append((f"t{n}", config))
+                suggested.append(config)
+                n += 1
+        if not running:
+            assert finished, "the searcher waits, but nothing runs"
+            return suggested, iterations
+        for i, (tid, c) in enumerate(running):
+            if c["fork_iter"] is None or (c["init"], c["lr"], c["fork_iter"]) in done_segments:
+                break
+        else:
+            raise AssertionError("every running branch waits for a trunk that is not running")
+        tid, c = running.pop(i)
+        lineage = (c["init"], c["lr"])
+        if c["fork_iter"] is None:  # a trunk (segment): continues from where the trunk stands
+            assert c["start_at"] == trunk_at.get(lineage, 0), "a segment must start where the last paused"
+            end = c["stop_at"] or LENGTH[c["schedule"]]
+            iterations += end - c["start_at"]
+            trunk_at[lineage] = end
+            done_segments.add((*lineage, c["stop_at"]))
+            result = {"bbox_AP": objective(c["init"], c["lr"], 1.5), "status": "paused"} if c["stop_at"] \
+                else {"bbox_AP": objective(c["init"], c["lr"], c["schedule"]), "status": "finished"}
+        else:
+            iterations += LENGTH[c["schedule"]] - c["fork_iter"]
+            result = {"bbox_AP": objective(c["init"], c["lr"], c["schedule"]), "status": "finished"}
+        searcher.on_trial_complete(tid, result)
+
+
+def test_halving_keeps_the_best_lrs_and_trains_exactly_the_planned_iterations(tmp_path: Path) -> None:
+    searcher = StudySearcher(HALVING, files=_files(tmp_path))
+    suggested, iterations = run_like_tune(searcher)
+    # scratch: 0.08 diverges at 1x; of the 4, the best 2 by 1x AP (0.02, then 0.01 before 0.04 on
+    # the tie) go on to 2x, the best of those (0.02) to 3x. Pretrained: 0.04, 0.02 (tie with 0.08,
+    # smaller LR first), then 0.04.
+    got = [(d.init, d.schedule, d.kept, d.dropped) for d in searcher.decisions()]
+    assert sorted(got) == sorted([("scratch", 1.0, (0.02, 0.01), (0.04, 0.08)), ("scratch", 2.0, (0.02,), (0.01,)),
+                                  ("pretrained", 1.0, (0.04, 0.02), (0.01, 0.08)),
+                                  ("pretrained", 2.0, (0.04,), (0.02,))])
+    # per group, candidates 4 -> 2 -> 1, as planned; a diverged one is never kept
+    per_group = 4 * 10 + 2 * (20 - 6) + 1 * (30 - 16)
+    plan = plan_study(HALVING)
+    assert iterations == 2 * per_group == plan.iterations_halving
+    assert len(suggested) == plan.tune_trials == 2 * (2 * 4 + 2 * 2 + 1)
+    finals = {(c["init"], c["lr"]) for c in suggested if c["fork_iter"] is None and c["stop_at"] is None}
+    assert finals == {("scratch", 0.02), ("pretrained", 0.04)}  # only the best trains 3x to its end
+    assert all(c["fork_at"] == ([c["stop_at"]] if c["stop_at"] else []) for c in suggested if c["fork_iter"] is None)
+    # the decisions are in the run folder, for the analysis
+    import json
+
+    written = json.loads((tmp_path / "s" / "halving.json").read_text())
+    assert len(written) == 4 and written[0]["ranked"][0][1] is not None
+
+
+def test_halving_waits_for_a_stage_instead_of_finishing() -> None:
+    searcher = StudySearcher(HALVING)
+    first = [searcher.suggest(f"t{i}") for i in range(16)]  # 8 segments, then 8 branches at 1x
+    assert all(isinstance(c, dict) for c in first)
+    assert searcher.suggest("t16") is None  # not FINISHED: the 2x stage needs the 1x results
+
+
+def test_halving_without_forking_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs forking"):
+        StudySearcher(HALVING, forking=False)
