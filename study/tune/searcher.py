@@ -304,14 +304,18 @@ class StudySearcher(Searcher):
 
     def _start(self, group: Group, lr: float) -> Point:
         """The first trial of a new lineage; its other trials are queued."""
-        init, size, seed = group
-        trunk = Trial(init=init, schedule=self._longest, base_lr=lr, seed=seed, size=size)
+        trunk = self._trunk(group, lr)
         if self._keep is None:
             head, branches = lineage(trunk, self._forks, forking=self._forking)
             self._queue_branches(branches)
             return head
         self._stage[(group, lr)] = 0
         return self._stage_points(trunk, self._stages[0])
+
+    def _trunk(self, group: Group, lr: float) -> Trial:
+        """The lineage's longest schedule: its trunk."""
+        init, size, seed = group
+        return Trial(init=init, schedule=self._longest, base_lr=lr, seed=seed, size=size)  # type: ignore[arg-type]
 
     def _stage_points(self, trunk: Trial, stage: Stage) -> Point:
         """A halving stage of one candidate: its trunk segment (returned) and its branch (queued)."""
@@ -354,9 +358,7 @@ class StudySearcher(Searcher):
         for lr in alive:
             self._stage[(group, lr)] = stage + 1 if lr in kept else len(self._stages)
         for lr in kept:
-            init, size, seed = group
-            trunk = Trial(init=init, schedule=self._longest, base_lr=lr, seed=seed, size=size)
-            self._ready.append(self._stage_points(trunk, self._stages[stage + 1]))
+            self._ready.append(self._stage_points(self._trunk(group, lr), self._stages[stage + 1]))
 
     # -- Optuna --------------------------------------------------------------------------------
 
