@@ -12,6 +12,8 @@
         trials/<trial>/              one study trial (a halving trunk: one Tune trial per segment)
           metrics.jsonl              one JSON row per evaluation (append-only, fsync'ed)
           checkpoint.pt              the last evaluation's full training state
+          checkpoint.prev.pt         the one before it, kept while the trial runs (a fallback)
+          checksums.json             size and SHA-256 of each checkpoint, recorded when written
           fork_<iteration>.pt        a trunk's state where a shorter schedule leaves it
           fork.json                  a branch's record of the trunk it started from
           failed.txt                 the traceback of a trial whose process raised
@@ -25,6 +27,8 @@ No other module spells these names; a test checks that. Plain files and the stan
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -49,9 +53,12 @@ REPORT = "report"
 # <storage>/<name>/trials/<trial>/
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+CHECKSUMS = "checksums.json"
 FORK_RECORD = "fork.json"
 FAILED = "failed.txt"
-RESUME_FILES = (METRICS, CHECKPOINT, FORK_RECORD)  # what a trial needs to resume on another node
+# what a trial needs to resume on another node
+RESUME_FILES = (METRICS, CHECKSUMS, CHECKPOINT, PREVIOUS_CHECKPOINT, FORK_RECORD)
 RESULT_FILES = (METRICS, FORK_RECORD, FAILED)  # what the analysis reads (no checkpoints)
 
 # Ray Train keeps this many checkpoints of a multi-worker trial under train_runs/ (the disk
@@ -74,14 +81,39 @@ def trial_path(name: str, trial: str = "", file: str = "") -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+class DiskFull(OSError):
+    """No space left on the device while writing a file of the study; says which, and what is intact."""
+
+
+def _no_space(path: Path) -> DiskFull:
+    return DiskFull(errno.ENOSPC, f"no space left on the device while writing {path}; the file it "
+                                  f"replaces is intact: free some space, then run the same command with --resume")
+
+
+def move(src: str | Path, dest: str | Path) -> None:
+    """Rename `src` over `dest` in one step (the one rename every writer here goes through)."""
+    os.replace(src, dest)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a reader (or a
-    crash) sees the old file or the new one, never half of one."""
+    """`write(tmp)` to a temporary file beside `path`, flushed to disk, then renamed over `path`:
+    a reader (or a crash, or a full disk) leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise _no_space(path) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    move(tmp, path)
     return path
 
 
@@ -94,19 +126,51 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+class CorruptFile(ValueError):
+    """A file of the study whose content is not what was written; the message names it."""
+
+
 def read_metrics(trial_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of `trial_dir`'s metric log, oldest first ([] if it has none)."""
-    path = Path(trial_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    """The rows of `trial_dir`'s metric log, oldest first ([] if it has none). A last line cut
+    short (a crash or a full disk while it was appended: no newline, or not JSON) is left out;
+    a bad line before the last one is corruption, not a torn append: CorruptFile, naming it."""
+    return _parse_metrics(Path(trial_dir) / METRICS)[0]
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """(the rows, whether a torn last line was left out)."""
+    if not path.is_file():
+        return [], False
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # `tail` is what follows the last newline
+    rows = []
+    for number, line in enumerate(complete, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(complete) and not tail:
+                return rows, True  # a torn last row that got its newline but not all its bytes
+            raise CorruptFile(f"{path}, line {number} of {len(complete)}: not a JSON row ({line[:80]!r}); "
+                              "the log is damaged before its last line: restore it or delete the trial") from None
+    return rows, bool(tail)
 
 
 def append_metrics(trial_dir: str | Path, row: dict[str, Any]) -> Path:
     """Append one row, flushed to disk before returning (the log survives a crash right after)."""
     path = Path(trial_dir) / METRICS
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFull(errno.ENOSPC, f"no space left on the device while appending iteration "
+                                         f"{row.get('iteration')} to {path}; a partly written last row is "
+                                         "dropped on resume: free some space, then run the same command "
+                                         "with --resume") from e
+        raise
     return path
 
 
@@ -116,13 +180,91 @@ def write_metrics(trial_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def truncate_metrics(trial_dir: str | Path, iteration: int) -> bool:
-    """Drop the rows past `iteration` (the checkpoint a run resumes from); True if any were."""
-    rows = read_metrics(trial_dir)
+    """Drop the rows past `iteration` (the checkpoint a run resumes from) and a torn last line;
+    True if the log was rewritten."""
+    path = Path(trial_dir) / METRICS
+    rows, torn = _parse_metrics(path)
     kept = [r for r in rows if r["iteration"] <= iteration]
-    if len(kept) == len(rows):
+    if len(kept) == len(rows) and not torn:
         return False
+    if torn:
+        print(f"{path}: its last line was cut short (written as the trial stopped); dropped", flush=True)
     write_metrics(trial_dir, kept)
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints, with their size and SHA-256 recorded when written
+# --------------------------------------------------------------------------------------------------
+
+
+def file_record(path: str | Path, iteration: int) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"iteration": iteration, "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+
+
+def read_checksums(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """`folder`'s checksums.json: {file name: {iteration, bytes, sha256}} ({} if none or unreadable)."""
+    path = Path(folder) / CHECKSUMS
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def write_checkpoint(path: str | Path, write: Callable[[Path], Any], iteration: int, *,
+                     keep_previous: bool = False, sync: Callable[[Path], None] = lambda _p: None) -> Path:
+    """Write a checkpoint atomically (`write(tmp)`), record its size and SHA-256 in the folder's
+    checksums.json, and `sync` each file changed. With `keep_previous` the file it replaces
+    becomes checkpoint.prev.pt, the fallback if the new one is ever found damaged."""
+    path = Path(path)
+    folder = path.parent
+    records = read_checksums(folder)
+    tmp = path.with_name(path.name + ".new")
+    atomic_write(tmp, write)  # complete and on disk before anything is renamed
+    record = file_record(tmp, iteration)
+    if keep_previous and path.is_file():
+        previous = folder / PREVIOUS_CHECKPOINT
+        move(path, previous)
+        if path.name in records:
+            records[previous.name] = records[path.name]
+        sync(previous)
+    move(tmp, path)
+    records[path.name] = record
+    sync(path)
+    write_checksums(folder, records, sync)
+    return path
+
+
+def write_checksums(folder: Path, records: dict[str, dict[str, Any]], sync: Callable[[Path], None]) -> None:
+    """Replace checksums.json with the `records` of the files that exist, and `sync` it."""
+    present = {name: rec for name, rec in records.items() if (folder / name).is_file()}
+    sync(atomic_write_text(folder / CHECKSUMS, json.dumps(present, indent=1, sort_keys=True)))
+
+
+def check_checkpoint(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> int | str:
+    """The iteration of the checkpoint `path` if its bytes are those recorded when it was written
+    (any record in `records`, default its folder's checksums.json: a renamed file matches its
+    record), else why not (a sentence)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    records = read_checksums(path.parent) if records is None else records
+    size = path.stat().st_size
+    if any(r["bytes"] == size for r in records.values()):
+        digest = file_record(path, 0)["sha256"]
+        for r in records.values():
+            if r["bytes"] == size and r["sha256"] == digest:
+                return int(r["iteration"])
+    own = records.get(path.name)
+    if own is None:
+        return "no size or checksum was recorded for it (a crash while it was written?)"
+    if own["bytes"] != size:
+        return f"truncated or padded: {size:,} bytes, {own['bytes']:,} when written"
+    return "its bytes differ from those written (SHA-256 mismatch)"
 
 
 # --------------------------------------------------------------------------------------------------

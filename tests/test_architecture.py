@@ -165,7 +165,8 @@ def test_every_run_folder_name_is_spelled_only_in_layout() -> None:
 
 
 def test_one_atomic_write_serves_every_writer() -> None:
-    """os.replace appears once in the package: inside layout.atomic_write."""
+    """os.replace appears once in the package: inside layout.move, which atomic_write and
+    write_checkpoint use."""
     uses = [f"{p.relative_to(REPO)}:{i}" for p in sorted(PACKAGE.rglob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if "os.replace(" in line]
     assert uses == ["study/layout.py:" + str(next(i for i, line in enumerate(

@@ -43,7 +43,7 @@ from study.plan.trials import Trial
 from study.train.build import build_detector, trial_datasets
 from study.train.precision import use_bf16
 from study.train.ranks import gather_over_ranks, sum_over_ranks
-from study.train.state import Progress, restore_state, save_state
+from study.train.state import Progress, drop_previous, restore_state, save_state, usable_checkpoint
 from study.train.steps import coco_metrics, predict, train_step
 
 # Columns of a metric row that measure the machine, not the training (they differ between equal runs).
@@ -91,13 +91,19 @@ def build_setup(cfg: StudyConfig, trial: Trial, *, data_root: str | Path, pretra
     return Setup(model, optimizer, train, val, schedule, meta, device)
 
 
-def restore(setup: Setup, out_dir: Path, resume_from: Path, *, rank: int, sync: Sync) -> Progress:
-    """Resume from `resume_from` if it exists; drop the metric rows past its iteration (or all of
-    them without a checkpoint: a crash between a row and its checkpoint), so the log never misses
-    nor repeats an iteration."""
+def restore(setup: Setup, out_dir: Path, resume_from: Path | None, *, rank: int, sync: Sync) -> Progress:
+    """Resume from the newest checkpoint that is intact (`study.train.state.usable_checkpoint`:
+    `resume_from`, else the trial's own); drop the metric rows past its iteration (or all of them
+    without one: a crash between a row and its checkpoint) and a torn last row, so the log never
+    misses nor repeats an iteration."""
+    say = (lambda text: print(f"{out_dir.name}: {text}", flush=True)) if rank == 0 else (lambda _t: None)
     progress = Progress()
-    if resume_from.is_file():
-        progress = restore_state(resume_from, setup.model, setup.optimizer, rank=rank, device=setup.device)
+    path = usable_checkpoint(out_dir, resume_from, say=say)
+    if path is not None:
+        progress = restore_state(path, setup.model, setup.optimizer, rank=rank, device=setup.device)
+    elif rank == 0 and (out_dir / layout.FORK_RECORD).is_file():  # a branch that lost its fork state
+        (out_dir / layout.FORK_RECORD).unlink()  # trains from 0: the same run, as a separate one
+        sync(out_dir / layout.FORK_RECORD)
     if rank == 0 and layout.truncate_metrics(out_dir, progress.iteration):
         sync(out_dir / layout.METRICS)
     return progress
@@ -157,8 +163,7 @@ def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_roo
     device = torch.device(device)
     setup = build_setup(cfg, trial, data_root=data_root, pretrained_weights=pretrained_weights,
                         rank=rank, device=device)
-    ckpt_path = out_dir / layout.CHECKPOINT
-    progress = restore(setup, out_dir, Path(resume_from) if resume_from is not None else ckpt_path,
+    progress = restore(setup, out_dir, Path(resume_from) if resume_from is not None else None,
                        rank=rank, sync=sync)
     until = stop_at if stop_at is not None else pause_at
     end = setup.schedule.max_iter if until is None else min(until, setup.schedule.max_iter)
@@ -257,4 +262,6 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
             saved = save(out_dir / layout.CHECKPOINT, it)
             row = paused_row(trial, out_dir, it)
             report(row, saved)
+    if rank == 0 and row.get("status") == "finished":  # no fallback needed any more
+        drop_previous(out_dir, sync)
     return row

@@ -18,7 +18,8 @@ from torch import nn
 
 from models.init import load_state_file
 from study.config import StudyConfig
-from study.layout import atomic_write
+from study.layout import (CHECKPOINT, PREVIOUS_CHECKPOINT, check_checkpoint, read_checksums,
+                          write_checkpoint, write_checksums)
 from study.train.build import build_detector
 from study.train.ranks import gather_over_ranks, sum_over_ranks
 
@@ -56,12 +57,44 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, p
     window_sums = sum_over_ranks(progress.window, world_size)
     if rank != 0:
         return None
-    atomic_write(path, lambda tmp: torch.save(
+    return write_checkpoint(path, lambda tmp: torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
          "counts": progress.counts, "rng": rng, "cuda_rng": cuda_rng, "window": window_sums,
-         "n_window": progress.n_window}, tmp))
-    sync(path)
+         "n_window": progress.n_window}, tmp), iteration, keep_previous=path.name == CHECKPOINT, sync=sync)
+
+
+def usable_checkpoint(out_dir: Path, resume_from: Path | None = None, *,
+                      say: Callable[[str], None] = lambda _s: None) -> Path | None:
+    """The checkpoint to resume from: `resume_from` if given (Ray Train's copy, checked against
+    the checksums beside it), else the newest of the trial's checkpoint.pt and checkpoint.prev.pt
+    whose size and SHA-256 are those recorded when it was written. Each file passed over is named
+    to `say`, with why; None: none is usable (the trial starts from iteration 0)."""
+    candidates = [resume_from] if resume_from is not None else []
+    candidates += [out_dir / CHECKPOINT, out_dir / PREVIOUS_CHECKPOINT]
+    good: list[tuple[int, Path]] = []
+    for path in candidates:
+        verdict = check_checkpoint(path)
+        if isinstance(verdict, int):
+            good.append((verdict, path))
+        elif verdict != "missing":
+            say(f"checkpoint {path} is not used: {verdict}")
+    if not good:
+        if any(p.is_file() for p in candidates):
+            say(f"no usable checkpoint in {out_dir}: the trial starts again from iteration 0")
+        return None
+    iteration, path = max(good, key=lambda g: g[0])
+    if path.name == PREVIOUS_CHECKPOINT:
+        say(f"falling back to the previous checkpoint, {path} (iteration {iteration})")
     return path
+
+
+def drop_previous(out_dir: Path, sync: Callable[[Path], None]) -> None:
+    """Remove the fallback checkpoint of a finished trial (and its record), and `sync` both."""
+    previous = out_dir / PREVIOUS_CHECKPOINT
+    if previous.is_file():
+        previous.unlink()
+        sync(previous)
+        write_checksums(out_dir, read_checksums(out_dir), sync)
 
 
 def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, rank: int,

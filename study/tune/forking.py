@@ -18,7 +18,7 @@ from typing import Any, Literal
 from study import layout
 from study.plan.trials import Trial
 
-TrunkState = Literal["ready", "diverged", "failed", "lost", "pending"]
+TrunkState = Literal["ready", "diverged", "failed", "lost", "damaged", "pending"]
 
 
 def fork_file(trunk_dir: str | Path, iteration: int) -> Path:
@@ -27,11 +27,18 @@ def fork_file(trunk_dir: str | Path, iteration: int) -> Path:
 
 def trunk_state(trunk_dir: str | Path, fork_iter: int) -> TrunkState:
     """Whether a branch that leaves at `fork_iter` can start, and if not, why: the trunk is still
-    'pending', it 'diverged' before the fork point, it 'failed', or it finished and the fork
-    checkpoint was 'lost' (a branch that starts deletes the checkpoint it copied)."""
+    'pending', it 'diverged' before the fork point, it 'failed', it finished and the fork
+    checkpoint was 'lost' (a branch that starts deletes the checkpoint it copied), or the fork
+    checkpoint is 'damaged' (not the bytes recorded when it was written). A fork checkpoint not
+    yet in the trunk's checksums (a copy pulled between the two) is 'pending'."""
     trunk_dir = Path(trunk_dir)
-    if fork_file(trunk_dir, fork_iter).is_file():
-        return "ready"
+    fork = fork_file(trunk_dir, fork_iter)
+    if fork.is_file():
+        verdict = layout.check_checkpoint(fork)
+        if isinstance(verdict, int):
+            return "ready"
+        if fork.name in layout.read_checksums(trunk_dir):
+            return "damaged"
     rows = layout.read_metrics(trunk_dir)
     if rows and rows[-1].get("status") == "diverged" and rows[-1]["iteration"] <= fork_iter:
         return "diverged"
@@ -64,6 +71,6 @@ def start_branch(trunk_dir: str | Path, branch_dir: str | Path, fork_iter: int,
                                                              "iteration": fork_iter, "trunk_state": state}))
     layout.write_metrics(branch_dir, rows)
     if state == "ready":  # the checkpoint last: its presence means the folder is complete
-        layout.atomic_write(branch_dir / layout.CHECKPOINT,
-                            lambda tmp: shutil.copyfile(fork_file(trunk_dir, fork_iter), tmp))
+        layout.write_checkpoint(branch_dir / layout.CHECKPOINT,
+                                lambda tmp: shutil.copyfile(fork_file(trunk_dir, fork_iter), tmp), fork_iter)
     return rows

@@ -75,8 +75,10 @@ def _trial_worker(config: dict[str, Any]) -> None:
         resume_from = None
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:  # a restarted worker group: every rank resumes from Train's copy
+            resume = Path(scratch) / "resume"  # the checkpoint and its record (checked before use)
             with checkpoint.as_directory() as d:
-                resume_from = shutil.copy(Path(d) / layout.CHECKPOINT, Path(scratch) / "resume.pt")
+                shutil.copytree(d, resume)
+            resume_from = resume / layout.CHECKPOINT
 
         out_dir, weights = Path(job.out_dir), job.pretrained_weights
         sync: Sync = lambda _path: None
@@ -93,6 +95,7 @@ def _trial_worker(config: dict[str, Any]) -> None:
                 attached = None
                 if saved is not None:
                     shutil.copy(saved, Path(d) / layout.CHECKPOINT)
+                    shutil.copy(saved.parent / layout.CHECKSUMS, Path(d) / layout.CHECKSUMS)
                     attached = ray.train.Checkpoint.from_directory(d)
                 ray.train.report(row, checkpoint=attached)  # a barrier: every rank calls it
 

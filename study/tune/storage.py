@@ -156,9 +156,14 @@ def pull_files(store: Store, rel_dir: str, local_dir: Path, names: tuple[str, ..
 
 
 def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path], None]
-    """A function that copies a file under `local_root` to the same place under `rel_root`."""
+    """A function that makes the store's copy of a file under `local_root` (the same place under
+    `rel_root`) what the local file is: copied, or deleted if the local file is gone."""
     def push(path: Path) -> None:
-        store.put(path, f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}")
+        rel = f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}"
+        if Path(path).is_file():
+            store.put(path, rel)
+        else:
+            store.delete(rel)
     return push
 
 

@@ -136,7 +136,7 @@ def _wait_for_trunk(store: Store, trunk_rel: str, trunk_dir: Path, fork_iter: in
         if store.remote:  # the trunk may train on another node: look at the shared copy
             # the log first: a fork checkpoint is pushed before any later row, so a log that says
             # 'finished' is never read before the fork checkpoint it implies
-            pull_files(store, trunk_rel, trunk_dir, [layout.METRICS, layout.FAILED,
+            pull_files(store, trunk_rel, trunk_dir, [layout.METRICS, layout.FAILED, layout.CHECKSUMS,
                                                      fork_file(trunk_dir, fork_iter).name])
         return trunk_state(trunk_dir, fork_iter)
 
@@ -149,6 +149,11 @@ def _wait_for_trunk(store: Store, trunk_rel: str, trunk_dir: Path, fork_iter: in
     if now == "failed":
         raise RuntimeError(f"{branch.name()} cannot fork: its trunk {trunk_dir.name} failed "
                            f"(see {store.uri(trunk_rel, layout.FAILED)})")
+    if now == "damaged":
+        raise RuntimeError(f"{branch.name()} cannot fork: its trunk's fork checkpoint "
+                           f"{store.uri(trunk_rel, layout.fork_checkpoint(fork_iter))} is not the file that was "
+                           f"written ({layout.check_checkpoint(fork_file(trunk_dir, fork_iter))}); delete the "
+                           "trunk's folder and run with --resume to train it again")
     if now == "lost":
         raise RuntimeError(f"{branch.name()} cannot fork: its trunk {trunk_dir.name} finished, but its fork "
                            f"checkpoint {store.uri(trunk_rel, layout.fork_checkpoint(fork_iter))} is gone; "

@@ -77,15 +77,22 @@ def test_a_crash_between_the_log_row_and_the_checkpoint_repeats_no_row(tmp_path:
     out = tmp_path / "crashed"
     train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path, stop_at=4)
     shutil.copy(out / "checkpoint.pt", tmp_path / "at4.pt")
+    shutil.copy(out / "checksums.json", tmp_path / "at4.json")
     train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path)  # logs row 8, then checkpoints 8
     shutil.copy(tmp_path / "at4.pt", out / "checkpoint.pt")  # as if killed before checkpoint 8
+    shutil.copy(tmp_path / "at4.json", out / "checksums.json")
     synced: list[str] = []
     resumed = train_trial(tiny_cfg, tiny_trial, out_dir=out, data_root=tmp_path, sync=lambda p: synced.append(p.name))
     rows = read_metrics(out)
     assert [r["iteration"] for r in rows] == [4, 8]
     assert rows[-1]["loss"] == pytest.approx(full["loss"], abs=1e-4) and resumed["iteration"] == 8
-    # every file it rewrote or wrote was handed to `sync` (pushed to shared storage)
-    assert synced == ["metrics.jsonl", "metrics.jsonl", "checkpoint.pt"]
+    # every file it rewrote, wrote or removed was handed to `sync` (pushed to shared storage): the
+    # log, the new row, checkpoint 4 kept as the fallback, checkpoint 8 and its record; then, the
+    # trial finished, the fallback removed
+    assert synced == ["metrics.jsonl", "metrics.jsonl", "checkpoint.prev.pt", "checkpoint.pt",
+                      "checksums.json", "checkpoint.prev.pt", "checksums.json"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".yaml") == ["checkpoint.pt", "checksums.json",
+                                                                             "metrics.jsonl"]
 
 
 def test_divergence_is_reported_not_raised(tmp_path: Path, tiny_cfg: StudyConfig) -> None:

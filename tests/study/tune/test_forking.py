@@ -73,7 +73,8 @@ def test_a_fork_point_is_written_before_the_checkpoint_of_its_iteration(tmp_path
     trunk = dataclasses.replace(tiny_trial, schedule=2)  # 2x: 16 iterations, evaluations every 3
     train_trial(cfg, trunk, out_dir=tmp_path / "trunk", data_root=tmp_path, fork_at=[6], stop_at=6,
                 sync=lambda path: written.append(path.name))
-    assert written == ["metrics.jsonl", "checkpoint.pt", "metrics.jsonl", "fork_6.pt", "checkpoint.pt"]
+    assert written == ["metrics.jsonl", "checkpoint.pt", "checksums.json", "metrics.jsonl", "fork_6.pt",
+                       "checksums.json", "checkpoint.prev.pt", "checkpoint.pt", "checksums.json"]
 
 
 def test_a_finished_trunk_without_its_fork_checkpoint_is_lost_not_pending(tmp_path: Path, cfg: StudyConfig,
@@ -84,3 +85,20 @@ def test_a_finished_trunk_without_its_fork_checkpoint_is_lost_not_pending(tmp_pa
     (trunk / "fork_4.pt").unlink()  # taken by a branch that started, or never finished writing
     assert trunk_state(trunk, 4) == "lost"
     assert trunk_state(tmp_path / "nothing_yet", 4) == "pending"
+
+
+def test_a_damaged_fork_checkpoint_is_refused_by_its_branch(tmp_path: Path, cfg: StudyConfig,
+                                                            tiny_trial: Trial) -> None:
+    trunk = tmp_path / "trunk"
+    train_trial(cfg, dataclasses.replace(tiny_trial, schedule=2), out_dir=trunk, data_root=tmp_path,
+                fork_at=[4], stop_at=6)
+    fork = trunk / "fork_4.pt"
+    fork.write_bytes(fork.read_bytes()[:1000])  # cut short
+    assert trunk_state(trunk, 4) == "damaged"
+    with pytest.raises(RuntimeError, match="trunk .* is damaged"):
+        start_branch(trunk, tmp_path / "branch", 4, tiny_trial)
+    assert not (tmp_path / "branch" / "checkpoint.pt").exists()
+    records = json.loads((trunk / "checksums.json").read_text())
+    del records["fork_4.pt"]
+    (trunk / "checksums.json").write_text(json.dumps(records))  # a copy pulled before its record
+    assert trunk_state(trunk, 4) == "pending"
