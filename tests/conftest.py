@@ -1,5 +1,5 @@
 """Shared fixtures: a small generated synthetic set, the real fruits_nuts set beside the project,
-a tiny study config and trial that train in seconds, and an S3 stand-in."""
+a tiny study config and trial that train in seconds, and an S3 stand-in (also one that fails on purpose)."""
 
 from __future__ import annotations
 
@@ -51,22 +51,53 @@ def fruits() -> Path:
     return FRUITS
 
 
-@pytest.fixture
-def s3_uri(monkeypatch: pytest.MonkeyPatch):  # -> Iterator[str]
-    """An S3 URI served by moto's S3 server on localhost (the real S3 protocol through pyarrow, no
-    AWS account, no network): `s3://study/runs?endpoint_override=...`. The fake credentials are
-    in the environment, so Ray workers started after this fixture inherit them."""
+def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
-
-    from moto.server import ThreadedMotoServer
 
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(key, value)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
+
+def _reset_s3(host_port: str) -> None:
+    """Empty moto's stores (they live in this process, shared by every server it starts)."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"http://{host_port}/moto-api/reset", method="POST")).read()
+
+
+def _s3_uri(host_port: str) -> str:
+    return f"s3://study/runs?endpoint_override={host_port}&scheme=http&region=us-east-1&allow_bucket_creation=true"
+
+
+@pytest.fixture
+def flaky_s3(monkeypatch: pytest.MonkeyPatch):  # -> Iterator[tuple[str, Faults]]
+    """(an S3 URI as `s3_uri`'s, the `tests.flaky_s3.Faults` its server injects: none until set)."""
+    from tests.flaky_s3 import Faults, start_flaky_s3
+
+    _fake_aws_credentials(monkeypatch)
+    faults = Faults()
+    server, host_port = start_flaky_s3(faults)
+    _reset_s3(host_port)
+    yield _s3_uri(host_port), faults
+    faults.set(rate=0.0)
+    _reset_s3(host_port)
+    server.shutdown()
+
+
+@pytest.fixture
+def s3_uri(monkeypatch: pytest.MonkeyPatch):  # -> Iterator[str]
+    """An S3 URI served by moto's S3 server on localhost (the real S3 protocol through pyarrow, no
+    AWS account, no network): `s3://study/runs?endpoint_override=...`. The fake credentials are
+    in the environment, so Ray workers started after this fixture inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    _fake_aws_credentials(monkeypatch)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield (f"s3://study/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-           "&allow_bucket_creation=true")
+    _reset_s3(f"{host}:{port}")
+    yield _s3_uri(f"{host}:{port}")
+    _reset_s3(f"{host}:{port}")
     server.stop()

@@ -12,20 +12,35 @@ branch pulls its trunk's fork checkpoint, and rank 0 pushes every file right aft
 each node (it is deterministic); the pre-trained backbone is made once by the driver, pushed,
 and pulled by the trials. Tune's and Ray Train's own state go to the URI directly: Ray reads the
 same URIs through the same library.
+
+Object stores fail for a while (throttling, 5xx, timeouts). Two layers retry: the AWS SDK inside
+pyarrow retries each HTTP request (its standard strategy, a few attempts within seconds), and
+`Store` retries each whole operation (an upload, a download, a listing) with exponential backoff
+for longer (`Retry`: by default 6 attempts over about half a minute), because an outage outlasts
+the SDK's attempts and a download cut short is only caught by comparing sizes. After the last
+attempt a `StorageError` names the operation and the object. An upload goes to a temporary
+object beside its destination, is checked for its size and then moved into place, so a reader
+sees the old object or the new one, never a part (pyarrow completes an upload it is closed on,
+even after an error).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from study import layout
@@ -36,12 +51,35 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+T = TypeVar("T")
+UPLOADING = ".uploading"  # the suffix of an object being uploaded (never listed)
+
+
+class StorageError(OSError):
+    """An operation on the study's storage that still failed after its retries; names both."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How `Store` retries an operation on a URI: `attempts` in all, waiting `first_wait_s`,
+    then twice as long each time up to `max_wait_s` (times a random 0.5-1, so that many nodes
+    do not retry in step)."""
+
+    attempts: int = 6
+    first_wait_s: float = 1.0
+    max_wait_s: float = 16.0
+
+    def wait_s(self, attempt: int) -> float:
+        return min(self.max_wait_s, self.first_wait_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
 class Store:
     """A folder (a path or a URI) addressed by '/'-separated relative paths."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, retry: Retry = Retry()):
         root = str(root)
         self.remote = is_uri(root)
+        self.retry = retry
         if self.remote:
             import pyarrow.fs
 
@@ -66,12 +104,34 @@ class Store:
         assert not self.remote
         return Path(self._path(rel))
 
+    def _retrying(self, what: str, rel: str, operation: Callable[[], T]) -> T:
+        """`operation()`, tried again after an OSError (not: no such file, a full disk) as `retry`
+        says; then a StorageError naming `what` and the object."""
+        start = time.monotonic()
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return operation()
+            except (FileNotFoundError, StorageError):
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise
+                last = e
+                if attempt < self.retry.attempts:
+                    time.sleep(self.retry.wait_s(attempt))
+        first_line = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+        raise StorageError(f"{what} {self.uri(rel)} failed {self.retry.attempts} times in "
+                           f"{time.monotonic() - start:.0f} s; the last error: {first_line}") from last
+
+    def _info(self, rel: str):  # -> pyarrow.fs.FileInfo
+        return self.fs.get_file_info(self._path(rel))
+
     def exists(self, rel: str) -> bool:
         if not self.remote:
             return self.local(rel).exists()
         import pyarrow.fs
 
-        return self.fs.get_file_info(self._path(rel)).type != pyarrow.fs.FileType.NotFound
+        return self._retrying("looking up", rel, lambda: self._info(rel).type != pyarrow.fs.FileType.NotFound)
 
     def listdir(self, rel: str) -> list[str]:
         """Names in the folder `rel` (empty if it does not exist)."""
@@ -82,17 +142,15 @@ class Store:
 
         if not self.exists(rel):
             return []
-        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel)))
-        return sorted(Path(i.path).name for i in infos)
+        infos = self._retrying("listing", rel, lambda: self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel))))
+        return sorted(name for name in (Path(i.path).name for i in infos) if not name.endswith(UPLOADING))
 
     def read_text(self, rel: str) -> str | None:
         if not self.remote:
             path = self.local(rel)
             return path.read_text() if path.is_file() else None
-        if not self.exists(rel):
-            return None
-        with self.fs.open_input_stream(self._path(rel)) as f:
-            return f.read().decode()
+        with tempfile.TemporaryDirectory() as d:
+            return (Path(d) / "file").read_text() if self.get(rel, Path(d) / "file") else None
 
     def write_text(self, rel: str, text: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -111,10 +169,16 @@ class Store:
             return True
 
         def download(tmp: Path) -> None:
-            with self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            size = self._info(rel).size
+            # one request for the whole object: reads in pieces are separate ranged requests,
+            # and an object replaced between two of them would come back as a mix of both
+            with self.fs.open_input_file(self._path(rel)) as src:
+                data = src.read()
+            if len(data) != size:  # cut short, or replaced by one of another size meanwhile
+                raise OSError(f"read {len(data):,} of {size:,} bytes")
+            tmp.write_bytes(data)
 
-        layout.atomic_write(dest, download)
+        self._retrying("download of", rel, lambda: layout.atomic_write(dest, download))
         return True
 
     def put(self, src: str | Path, rel: str) -> None:
@@ -125,22 +189,30 @@ class Store:
                 layout.atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
             return
         path = self._path(rel)
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        if urlsplit(self._prefix).scheme == "file":  # a local "remote": write aside, then rename
-            tmp = path + ".tmp"
+        size = Path(src).stat().st_size
+        self._retrying("creating the folder of", rel,
+                       lambda: self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True))
+
+        def upload() -> None:  # aside, checked, then moved into place (one step on the server)
+            tmp = path + UPLOADING
             with open(src, "rb") as f, self.fs.open_output_stream(tmp) as out:
                 shutil.copyfileobj(f, out, 1 << 20)
+            written = self.fs.get_file_info(tmp).size
+            if written != size:
+                raise OSError(f"uploaded {written:,} of {size:,} bytes")
             self.fs.move(tmp, path)
-        else:  # object stores make an object visible only once it is complete
-            with open(src, "rb") as f, self.fs.open_output_stream(path) as out:
-                shutil.copyfileobj(f, out, 1 << 20)
+
+        self._retrying("upload to", rel, upload)
 
     def delete(self, rel: str) -> None:
         """Remove the file `rel` if it exists."""
         if not self.remote:
             self.local(rel).unlink(missing_ok=True)
         elif self.exists(rel):
-            self.fs.delete_file(self._path(rel))
+            try:
+                self._retrying("deletion of", rel, lambda: self.fs.delete_file(self._path(rel)))
+            except FileNotFoundError:
+                pass
 
     def put_tree(self, src: str | Path, rel: str) -> None:
         """Copy a local folder's files (recursively) to `rel`."""
@@ -269,7 +341,10 @@ class RunLock:
 
         def renew() -> None:
             while not self._stop.wait(self.renew_s):
-                self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+                try:
+                    self.store.write_text(rel, json.dumps({**me, "renewed": time.time()}))
+                except OSError as e:  # storage down for a while: try again at the next renewal
+                    print(f"warning: could not renew the lease {self.store.uri(rel)}: {e}", flush=True)
 
         threading.Thread(target=renew, daemon=True, name="study-run-lease").start()
         return self
