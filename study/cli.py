@@ -26,7 +26,7 @@ from pathlib import Path
 from models.choices import BACKBONES, NORMS, PRECISIONS
 from study import layout
 from study.config import PretrainConfig, StudyConfig, dump_study, load_study
-from study.errors import ConfigError, DataError
+from study.errors import ConfigError, DataError, StorageError
 from study.plan.schedule import schedule_for
 from study.plan.trials import Size, Trial
 
@@ -400,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DataError as e:
         print(f"study: data error: {e}", file=sys.stderr)
+        return 1
+    except (layout.DiskFull, StorageError) as e:
+        print(f"study: {e}", file=sys.stderr)
         return 1
 
 

@@ -34,3 +34,7 @@ def require(condition: bool, key: str, message: str) -> None:
 
 class DataError(ValueError):
     """A dataset that cannot be trained on; the message lists each problem with its record id."""
+
+
+class StorageError(OSError):
+    """An operation on the study's storage that still failed after its retries; names both."""

@@ -31,6 +31,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +106,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-    except OSError as e:
+    except BaseException as e:
+        # torch.save reports a full disk as a RuntimeError: look at the disk, not the error's type
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(path.parent).free < 1 << 20
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
+        if full and isinstance(e, Exception):
             raise _no_space(path) from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
         raise
     move(tmp, path)
     return path
@@ -224,7 +224,12 @@ def write_checkpoint(path: str | Path, write: Callable[[Path], Any], iteration: 
     folder = path.parent
     records = read_checksums(folder)
     tmp = path.with_name(path.name + ".new")
-    atomic_write(tmp, write)  # complete and on disk before anything is renamed
+    try:
+        atomic_write(tmp, write)  # complete and on disk before anything is renamed
+    except DiskFull as e:
+        raise DiskFull(errno.ENOSPC, f"no space left on the device while writing {path} (iteration {iteration}); "
+                                     "the checkpoints before it are intact: free some space, then run the same "
+                                     "command with --resume") from e
     record = file_record(tmp, iteration)
     if keep_previous and path.is_file():
         previous = folder / PREVIOUS_CHECKPOINT

@@ -44,7 +44,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from study import layout
-from study.errors import ConfigError
+from study.errors import ConfigError, StorageError
 
 
 def is_uri(location: str | Path) -> bool:
@@ -53,10 +53,6 @@ def is_uri(location: str | Path) -> bool:
 
 T = TypeVar("T")
 UPLOADING = ".uploading"  # the suffix of an object being uploaded (never listed)
-
-
-class StorageError(OSError):
-    """An operation on the study's storage that still failed after its retries; names both."""
 
 
 @dataclass(frozen=True)
