@@ -82,13 +82,16 @@ def trial_path(name: str, trial: str = "", file: str = "") -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+CONTINUE = "continue: `study run` with --resume, or `study trial` again (it resumes by itself)"
+
+
 class DiskFull(OSError):
     """No space left on the device while writing a file of the study; says which, and what is intact."""
 
 
 def _no_space(path: Path) -> DiskFull:
     return DiskFull(errno.ENOSPC, f"no space left on the device while writing {path}; the file it "
-                                  f"replaces is intact: free some space, then run the same command with --resume")
+                                  f"replaces is intact: free some space, then {CONTINUE}")
 
 
 def move(src: str | Path, dest: str | Path) -> None:
@@ -168,8 +171,7 @@ def append_metrics(trial_dir: str | Path, row: dict[str, Any]) -> Path:
         if e.errno == errno.ENOSPC:
             raise DiskFull(errno.ENOSPC, f"no space left on the device while appending iteration "
                                          f"{row.get('iteration')} to {path}; a partly written last row is "
-                                         "dropped on resume: free some space, then run the same command "
-                                         "with --resume") from e
+                                         f"dropped on resume: free some space, then {CONTINUE}") from e
         raise
     return path
 
@@ -228,8 +230,7 @@ def write_checkpoint(path: str | Path, write: Callable[[Path], Any], iteration: 
         atomic_write(tmp, write)  # complete and on disk before anything is renamed
     except DiskFull as e:
         raise DiskFull(errno.ENOSPC, f"no space left on the device while writing {path} (iteration {iteration}); "
-                                     "the checkpoints before it are intact: free some space, then run the same "
-                                     "command with --resume") from e
+                                     f"the checkpoints before it are intact: free some space, then {CONTINUE}") from e
     record = file_record(tmp, iteration)
     if keep_previous and path.is_file():
         previous = folder / PREVIOUS_CHECKPOINT

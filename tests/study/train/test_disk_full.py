@@ -54,7 +54,8 @@ def test_a_full_disk_fails_the_trial_with_a_message_and_resume_continues(tmp_pat
     first = (tmp_path / "first.log").read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "1", first[-3000:]
     assert (f"study: [Errno 28] no space left on the device while writing {trial_dir / layout.CHECKPOINT} "
-            "(iteration 12); the checkpoints before it are intact") in first, first[-3000:]
+            "(iteration 12); the checkpoints before it are intact: free some space, then continue: `study run` "
+            "with --resume, or `study trial` again (it resumes by itself)") in first, first[-3000:]
     assert "Traceback" not in first
     full = tmp_path / "after_full"
     assert layout.check_checkpoint(full / layout.CHECKPOINT) == 8  # intact, as recorded
