@@ -23,7 +23,7 @@ from study.plan.trials import Trial
 from study.train.build import split_paths
 from study.train.loop import Sync, train_trial
 from study.tune.launch import fit_torch, start_ray
-from study.tune.storage import Store, is_uri, pull_files, pusher
+from study.tune.storage import Store, is_uri, node_dir, pull_files, pusher
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _trial_worker(config: dict[str, Any]) -> None:
 
     job = TrialJob.from_config(config)
     ctx = ray.train.get_context()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=node_dir("work")) as scratch:  # this node's disk
         resume_from = None
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:  # a restarted worker group: every rank resumes from Train's copy
