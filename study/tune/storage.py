@@ -200,6 +200,13 @@ class Store:
 
         self._retrying("upload to", rel, upload)
 
+    def copy(self, src_rel: str, rel: str) -> None:
+        """Copy the object `src_rel` to `rel` on the server (one step: the old object or the new one)."""
+        if not self.remote:
+            layout.atomic_write(self.local(rel), lambda tmp: shutil.copyfile(self.local(src_rel), tmp))
+            return
+        self._retrying("copy to", rel, lambda: self.fs.copy_file(self._path(src_rel), self._path(rel)))
+
     def delete(self, rel: str) -> None:
         """Remove the file `rel` if it exists."""
         if not self.remote:
@@ -225,13 +232,23 @@ def pull_files(store: Store, rel_dir: str, local_dir: Path, names: tuple[str, ..
 
 def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path], None]
     """A function that makes the store's copy of a file under `local_root` (the same place under
-    `rel_root`) what the local file is: copied, or deleted if the local file is gone."""
+    `rel_root`) what the local file is: copied, or deleted if the local file is gone. A file
+    renamed locally since it was pushed (the same inode, size and time: checkpoint.pt kept as
+    checkpoint.prev.pt) is copied on the server from the object it was pushed as, not uploaded again."""
+    pushed: dict[tuple[int, int, int], str] = {}  # (inode, size, mtime) -> the object it went to
+
     def push(path: Path) -> None:
         rel = f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}"
-        if Path(path).is_file():
-            store.put(path, rel)
-        else:
+        if not Path(path).is_file():
             store.delete(rel)
+            return
+        stat = Path(path).stat()
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if store.remote and pushed.get(key, rel) != rel:
+            store.copy(pushed[key], rel)
+        else:
+            store.put(path, rel)
+        pushed[key] = rel
     return push
 
 

@@ -1,7 +1,7 @@
 """A worker node lost mid-trial, for real: a Ray cluster of three nodes on this machine
 (`ray.cluster_utils.Cluster`: a head with no CPUs for trials, and two 1-CPU worker nodes, each
-with its own local folder, STUDY_LOCAL_DIR), the study's storage on a `file://` URI that stands
-for shared storage. After a trial's first checkpoint has reached the storage, the node it runs on
+with its own local folder, STUDY_LOCAL_DIR), the study's storage on shared storage: a `file://`
+URI, and the S3 stand-in. After a trial's first checkpoint has reached the storage, the node it runs on
 is removed (all its processes killed: raylet, object store, workers) and its local folder
 deleted, as a spot node that goes away takes its disk with it. The trial is retried on the
 surviving node, resumes from its checkpoint in the shared storage, and ends with every evaluation
@@ -22,6 +22,7 @@ import pytest
 from study import layout
 from study.config import load_study
 from study.plan.trials import Size, Trial
+from study.tune.storage import Store, pull_files
 from tests.conftest import REPO
 
 SPACE = """\
@@ -40,12 +41,6 @@ HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "h
 
 def _rows(path: Path) -> list[dict]:
     return layout.read_metrics(path) if path.is_dir() else []
-
-
-def _running_here(local: Path) -> bool:
-    """Whether a trial works in this node's local folder now."""
-    work = local / "work"
-    return work.is_dir() and any(p.name.startswith("trial-") for p in work.iterdir())
 
 
 class LocalCluster:
@@ -85,18 +80,27 @@ class LocalCluster:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-def _run_study(space: Path, cluster: LocalCluster, store: Path, log: Path) -> subprocess.Popen:
+def _run_study(space: Path, cluster: LocalCluster, storage: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "STUDY_LOCAL_DIR": str(cluster.tmp_path / "driver"), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(space), "--address",
-                                 cluster.cluster.address, "--storage", f"file://{store}"], env=env, cwd=REPO,
+                                 cluster.cluster.address, "--storage", storage], env=env, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
-def _checkpointed(trials: Path) -> list[Path]:
+def _copy_trials(store: Store, dest: Path) -> Path:
+    """The study's trials as they are in the store now (metric logs and checksums), in `dest`."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in store.listdir(layout.trial_path("node")):
+        pull_files(store, layout.trial_path("node", name), dest / name, [layout.METRICS, layout.CHECKSUMS])
+    return dest
+
+
+def _checkpointed(store: Store, scratch: Path) -> list[Path]:
     """Trials with a checkpoint in the store (recorded in checksums.json) and still running."""
+    trials = _copy_trials(store, scratch)
     return [d for d in (trials.iterdir() if trials.is_dir() else [])
-            if layout.CHECKPOINT in layout.read_checksums(d) and _rows(d)[-1]["status"] == "running"]
+            if layout.CHECKPOINT in layout.read_checksums(d) and _rows(d) and _rows(d)[-1]["status"] == "running"]
 
 
 def _assert_resumed_once(out: str, name: str, rows_at_loss: list[dict]) -> None:
@@ -116,21 +120,24 @@ def _assert_every_row_once_as(rows: list[dict], want: list[dict], tol: float, wh
 
 
 @pytest.mark.slow
-def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("shared", ["file", "s3"])
+def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(
+        shared: str, tmp_path: Path, monkeypatch, request) -> None:
     space = tmp_path / "node.yaml"
     space.write_text(SPACE)
-    store = tmp_path / "store"
-    trials = store / "node" / "trials"
+    # the S3 stand-in's credentials are in the environment before the nodes start: they inherit them
+    uri = f"file://{tmp_path}/store" if shared == "file" else request.getfixturevalue("s3_uri")
+    store = Store(uri)
     cluster = LocalCluster(tmp_path, monkeypatch)
     killed_at: dict[str, list[dict]] = {}
     try:
         cluster.add("a")
         cluster.add("b")
-        study = _run_study(space, cluster, store, tmp_path / "study.log")
+        study = _run_study(space, cluster, uri, tmp_path / "study.log")
         try:
             deadline = time.time() + 300
             while time.time() < deadline and study.poll() is None and not killed_at:
-                started = _checkpointed(trials)
+                started = _checkpointed(store, tmp_path / "seen")
                 if len(started) == 2 and cluster.busy("a") and cluster.busy("b"):  # one trial on each node
                     killed_at = {d.name: _rows(d) for d in started}
                     cluster.lose("a")  # the head has no CPU for trials: the retry can only go to b
@@ -154,6 +161,8 @@ def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(tmp_p
 
     cfg = load_study(space)
     torch.set_num_threads(1)  # as the trials (cpus_per_worker: 1)
+    trials = _copy_trials(store, tmp_path / "final")
+    assert len(list(trials.iterdir())) == 2
     for trial_dir in sorted(trials.iterdir()):  # both: every evaluation once, as if uninterrupted
         rows = layout.read_metrics(trial_dir)
         alone = tmp_path / "alone" / trial_dir.name
@@ -172,18 +181,18 @@ def test_a_multi_worker_trial_that_loses_a_worker_node_restarts_its_group_and_re
     space = tmp_path / "node.yaml"
     space.write_text(SPACE.replace("lr: {values: [0.01, 0.02]}", "lr: {values: [0.01]}").replace(
         "workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2", "workers: 2, cpus_per_worker: 1, max_concurrent_trials: 1"))
-    store = tmp_path / "store"
-    trials = store / "node" / "trials"
+    uri = f"file://{tmp_path}/store"
+    store = Store(uri)
     cluster = LocalCluster(tmp_path, monkeypatch)
     killed_at: list[dict] = []
     try:
         cluster.add("a")
         cluster.add("b")
-        study = _run_study(space, cluster, store, tmp_path / "study.log")
+        study = _run_study(space, cluster, uri, tmp_path / "study.log")
         try:
             deadline = time.time() + 300
             while time.time() < deadline and study.poll() is None and not killed_at:
-                started = _checkpointed(trials)
+                started = _checkpointed(store, tmp_path / "seen")
                 if started and cluster.busy("a") and cluster.busy("b"):  # a worker on each node
                     killed_at = _rows(started[0])
                     cluster.lose("b")
@@ -213,4 +222,5 @@ def test_a_multi_worker_trial_that_loses_a_worker_node_restarts_its_group_and_re
         cluster.shutdown()
     # Ray Train's restart resumes every rank from the same checkpoint; gloo's sums are exact for
     # two ranks, so the curves agree to float rounding (1e-3, as for a killed worker process)
+    trials = _copy_trials(store, tmp_path / "final")
     _assert_every_row_once_as(layout.read_metrics(trials / name), layout.read_metrics(tmp_path / "alone"), 1e-3, name)

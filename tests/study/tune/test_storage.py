@@ -77,3 +77,26 @@ def test_a_lease_on_a_uri_whose_holder_died_is_taken_over(tmp_path: Path) -> Non
     with RunLock(store, "run", stale_s=90):
         assert json.loads(store.read_text("run/lock.json"))["host"] != "gone"
     assert not store.exists("run/lock.json")  # released
+
+
+def test_a_file_renamed_locally_is_copied_on_the_server_not_uploaded_again(store: Store, tmp_path: Path) -> None:
+    import os
+
+    local = tmp_path / "local"
+    local.mkdir()
+    push = pusher(store, local, "run")
+    (local / "checkpoint.pt").write_bytes(b"state at 4")
+    push(local / "checkpoint.pt")
+    os.replace(local / "checkpoint.pt", local / "checkpoint.prev.pt")
+    uploads: list[str] = []
+    put = store.put
+    store.put = lambda src, rel: (uploads.append(rel), put(src, rel))[1]  # type: ignore[method-assign]
+    push(local / "checkpoint.prev.pt")
+    (local / "checkpoint.pt").write_bytes(b"state at 8")
+    push(local / "checkpoint.pt")
+    assert store.read_text("run/checkpoint.prev.pt") == "state at 4"
+    assert store.read_text("run/checkpoint.pt") == "state at 8"
+    assert uploads == (["run/checkpoint.pt"] if store.remote else ["run/checkpoint.prev.pt", "run/checkpoint.pt"])
+    (local / "checkpoint.prev.pt").unlink()
+    push(local / "checkpoint.prev.pt")  # gone locally: gone from the store
+    assert not store.exists("run/checkpoint.prev.pt")
