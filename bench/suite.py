@@ -569,6 +569,9 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     lever = LEVERS[name]
     cfg = load_study(REPO / "search_spaces" / "default.yaml")
+    if QUICK:  # a small val set: the quick mode checks that each lever runs, it measures nothing
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, synthetic=dataclasses.replace(cfg.data.synthetic, train_images=60, val_images=12)))
     storage = _lever_storage(work)
     weights = _lever_weights(storage)
     train, val = trial_datasets(cfg, Size(40 if QUICK else 1000), storage / "data")
@@ -582,8 +585,8 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
                                    profile="lever", min_size=64, max_size=64)
         init_scratch(model)
         load_backbone(model, weights)
-        if lever.get("compile"):
-            model.backbone = torch.compile(model.backbone)
+        if lever.get("compile"):  # quick: trace and run it without generating code (minutes otherwise)
+            model.backbone = torch.compile(model.backbone, backend="aot_eager" if QUICK else "inductor")
         model.train()
         return model, torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
                                       lr=LEVER_LR, momentum=0.9)
@@ -599,7 +602,7 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
         train_step(probe, images, targets, probe_opt, bf16=bf16)
         times.append(time.perf_counter() - start)
     s_per_iter = statistics.median(times[3:])
-    iterations = max(20, int(budget / s_per_iter))
+    iterations = max(12 if QUICK else 20, int(budget / s_per_iter))
     # the default study's shape: warm-up 5/90 of the run, LR drops at 75/90 and 84/90
     solver = SolverConfig(base_lr=LEVER_LR * batch / 4, ims_per_batch=batch, unit_iters=iterations,
                           warmup_iters=max(1, iterations * 5 // 90),
