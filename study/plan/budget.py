@@ -72,9 +72,11 @@ def plan_study(cfg: StudyConfig, *, lrs: int | None = None, keep: float | None =
         trials_run=groups * (n_lr + sum(counts[:-1])) if halving else lineages * len(grid.schedule),
         images_per_iteration=solver.ims_per_batch, gpus_per_trial=res.workers * res.gpus_per_worker,
         workers_per_trial=res.workers,
-        # each trial keeps its checkpoint; each trunk one fork checkpoint per shorter schedule; a
-        # multi-worker trial also keeps Ray Train's last TRAIN_CHECKPOINTS_KEPT copies
+        # each trial keeps its checkpoint, and while it runs the previous one (its fallback); each
+        # trunk one fork checkpoint per shorter schedule; a multi-worker trial also keeps Ray
+        # Train's last TRAIN_CHECKPOINTS_KEPT copies
         checkpoint_files=lineages * len(grid.schedule) * (1 + (TRAIN_CHECKPOINTS_KEPT if res.workers > 1 else 0))
+        + min(lineages * len(grid.schedule), res.max_concurrent_trials or lineages * len(grid.schedule))
         + lineages * (len(grid.schedule) - 1))
 
 
@@ -134,8 +136,8 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
               f"this study runs {runs}"
               + ("" if plan.halving or plan.lrs_per_cell < 2 else " (add lr.halving to halve)"),
               f"disk: {_size(checkpoint_bytes * plan.checkpoint_files)} of checkpoints at most "
-              f"({plan.checkpoint_files} files of {_size(checkpoint_bytes)}: one per trial, one per fork "
-              "point until its branch starts"
+              f"({plan.checkpoint_files} files of {_size(checkpoint_bytes)}: one per trial, its previous one "
+              "while it runs, one per fork point until its branch starts"
               + (f", Ray Train's last {TRAIN_CHECKPOINTS_KEPT} per trial" if plan.workers_per_trial > 1 else "")
               + f"), {_size(checkpoint_bytes * plan.trials)} when done; plus data and metric logs"]
     lines.append("evaluations: " + ", ".join(f"{s:g}x {evaluations(s, cfg)}" for s in sorted(grid.schedule))

@@ -95,12 +95,16 @@ def test_study_plan_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFix
 def test_the_disk_estimate_counts_every_checkpoint_file() -> None:
     cfg = load_study(REPO / "search_spaces" / "smoke.yaml")
     plan = plan_study(cfg)
-    assert plan.checkpoint_files == 4 + 2  # one per trial, one per fork point (2 trunks x 1 branch)
+    # one per trial, the previous one of each running trial (all 4 may run at once), one per fork
+    # point (2 trunks x 1 branch)
+    assert plan.checkpoint_files == 4 + 4 + 2
     text = format_plan(cfg, plan, checkpoint_bytes=93_808_280)
-    assert "disk: 562.8 MB of checkpoints at most (6 files of 93.8 MB: one per trial" in text
+    assert "disk: 938.1 MB of checkpoints at most (10 files of 93.8 MB: one per trial, its previous one while" in text
     assert "375.2 MB when done" in text
     several = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, workers=2))
-    assert plan_study(several).checkpoint_files == 4 * (1 + 2) + 2  # and Ray Train's last 2 per trial
+    assert plan_study(several).checkpoint_files == 4 * (1 + 2) + 4 + 2  # and Ray Train's last 2 per trial
+    two_at_once = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, max_concurrent_trials=2))
+    assert plan_study(two_at_once).checkpoint_files == 4 + 2 + 2
 
 
 def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
