@@ -65,6 +65,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b4_one_n3000": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 1}},
     "b4_one_n3000_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "synth": {"max_objects": 1},
                                 "init": "pretrained"},
+    # a task with a ceiling: one large object, one category
+    "b4_one_big_object": {"batch": 4, "lr": 0.04, "train_images": 3000,
+                          "synth": {"max_objects": 1, "min_radius": 0.22, "max_radius": 0.40, "labels": "object"}},
+    "b4_one_big_object_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
+                                     "synth": {"max_objects": 1, "min_radius": 0.22, "max_radius": 0.40,
+                                               "labels": "object"}},
 }
 
 

@@ -4,6 +4,7 @@ loader; a checkpoint with a pickled Python object in it is refused, by name."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from models.init import UnsafeCheckpoint, load_backbone, load_state_file
 from study.config import StudyConfig
+from study.layout import check_checkpoint, file_record
 from study.plan.trials import Trial
 from study.train.loop import train_trial
 from tests.conftest import REPO
@@ -50,7 +52,11 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path, tiny_cfg: S
     torch.save({"model": {}, "iteration": 0, "extra": Payload()}, evil)
     with pytest.raises(UnsafeCheckpoint, match=rf"{re.escape(str(evil))}: refused: it holds pickled Python objects"):
         load_state_file(evil)
-    with pytest.raises(UnsafeCheckpoint):  # as a trial's checkpoint
+    # as a trial's checkpoint: one with no size and checksum recorded is not even opened ...
+    assert "no size or checksum was recorded" in check_checkpoint(evil)
+    # ... and one whose record was forged with it is opened and refused
+    (tmp_path / "checksums.json").write_text(json.dumps({"evil.pt": file_record(evil, 4)}))
+    with pytest.raises(UnsafeCheckpoint):
         train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "t", data_root=tmp_path, resume_from=evil)
     with pytest.raises(UnsafeCheckpoint):  # as pre-trained weights
         from models.mask_rcnn import build_mask_rcnn

@@ -49,6 +49,12 @@ def trunk_state(trunk_dir: str | Path, fork_iter: int) -> TrunkState:
     return "pending"
 
 
+def has_own_state(branch_dir: str | Path) -> bool:
+    """Whether a branch's folder holds a checkpoint of its own (the latest, or the one before it,
+    between the two renames of a checkpoint's rotation): then it already took its fork point."""
+    return any((Path(branch_dir) / name).is_file() for name in (layout.CHECKPOINT, layout.PREVIOUS_CHECKPOINT))
+
+
 def shared_rows(trunk_dir: str | Path, fork_iter: int, branch: Trial) -> list[dict[str, Any]]:
     """The trunk's rows up to the fork point (or its divergence before it), as the branch's."""
     label = branch.columns()
@@ -62,7 +68,7 @@ def start_branch(trunk_dir: str | Path, branch_dir: str | Path, fork_iter: int,
     branch_dir = Path(branch_dir)
     branch_dir.mkdir(parents=True, exist_ok=True)
     rows = shared_rows(trunk_dir, fork_iter, branch)
-    if (branch_dir / layout.CHECKPOINT).is_file():
+    if has_own_state(branch_dir):
         return rows
     state = trunk_state(trunk_dir, fork_iter)
     if state not in ("ready", "diverged"):

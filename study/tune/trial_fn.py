@@ -29,7 +29,7 @@ from study.config import StudyConfig
 from study.plan.trials import Point, Trial
 from study.train.build import trial_device
 from study.train.loop import Sync, train_trial
-from study.tune.forking import fork_file, start_branch, trunk_state
+from study.tune.forking import fork_file, has_own_state, start_branch, trunk_state
 from study.tune.storage import Store, node_dir, pull_files, pusher
 
 
@@ -87,7 +87,7 @@ def seed_branch(store: Store, name: str, local: Path, point: Point, sync: Sync,
     assert point.fork_iter is not None
     trial, trunk = point.trial, point.trunk
     trunk_dir, out = local / trunk.name(), local / trial.name()
-    if not (out / layout.CHECKPOINT).is_file():  # a restarted branch has its own copy (and took the trunk's)
+    if not has_own_state(out):  # a restarted branch has its own copy (and took the trunk's)
         _wait_for_trunk(store, layout.trial_path(name, trunk.name()), trunk_dir, point.fork_iter, trial)
     shared = start_branch(trunk_dir, out, point.fork_iter, trial)
     for file in layout.RESUME_FILES:
