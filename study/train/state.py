@@ -57,10 +57,17 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, p
     window_sums = sum_over_ranks(progress.window, world_size)
     if rank != 0:
         return None
-    return write_checkpoint(path, lambda tmp: torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-         "counts": progress.counts, "rng": rng, "cuda_rng": cuda_rng, "window": window_sums,
-         "n_window": progress.n_window}, tmp), iteration, keep_previous=path.name == CHECKPOINT, sync=sync)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+             "counts": progress.counts, "rng": rng, "cuda_rng": cuda_rng, "window": window_sums,
+             "n_window": progress.n_window}
+
+    def write(tmp: Path) -> None:
+        # through a file of ours, closed however torch.save ends: a failed write (a full disk)
+        # must not keep the partial file's space held by an open handle
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    return write_checkpoint(path, write, iteration, keep_previous=path.name == CHECKPOINT, sync=sync)
 
 
 def usable_checkpoint(out_dir: Path, resume_from: Path | None = None, *,

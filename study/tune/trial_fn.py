@@ -65,8 +65,11 @@ def study_trial(config: dict[str, Any], setup: StudySetup) -> None:
                 return
         _train(setup, store, point, out, sync)
     except BaseException:
-        (out / layout.FAILED).write_text(traceback.format_exc())  # tells waiting branches
-        sync(out / layout.FAILED)
+        try:
+            (out / layout.FAILED).write_text(traceback.format_exc())  # tells waiting branches
+            sync(out / layout.FAILED)
+        except OSError as e:  # a full disk or a storage outage: the trial's own error matters more
+            print(f"{trial.name()}: could not record the failure in {out / layout.FAILED}: {e}", flush=True)
         raise
     finally:
         if work is not None:

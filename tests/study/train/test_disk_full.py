@@ -74,3 +74,61 @@ def test_a_full_disk_fails_the_trial_with_a_message_and_resume_continues(tmp_pat
     for got, expected in zip(resumed, want):
         for key in KEYS:
             assert got[key] == pytest.approx(expected[key], abs=1e-4), (got["iteration"], key)
+
+
+STUDY_SCRIPT = """
+set -u
+mount -t tmpfs -o size={small}m study-small {mnt}
+{study} > {out}/first.log 2>&1; echo $? > {out}/first.rc
+cp -r {run}/trials {out}/after_full
+mount -o remount,size=1024m {mnt}  # space is back
+{study} --resume > {out}/second.log 2>&1; echo $? > {out}/second.rc
+cp -r {run}/trials {out}/after_resume
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_a_study_whose_disk_fills_up_records_the_error_and_resume_continues(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                                            tiny_trial: Trial) -> None:
+    """The same through `study run` (Tune, its retry, its own files on the full disk too), then
+    `study run --resume` once there is space."""
+    import os
+    import tempfile
+
+    trial = Trial(init="scratch", schedule=2, base_lr=tiny_trial.base_lr, seed=0, size=tiny_trial.size)
+    small = int(2.7 * checkpoint_bytes(tiny_cfg) / 2**20)
+    space = tmp_path / "disk.yaml"
+    space.write_text(yaml.safe_dump({**to_dict(tiny_cfg), "name": "disk", "grid": {
+        "init": ["scratch"], "schedule": [2], "train_images": [16], "seeds": [0]},
+        "lr": {"values": [trial.base_lr]}, "resources": {"workers": 1, "cpus_per_worker": 1, "max_failures": 1}}))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    study = f"{sys.executable} -m study.cli run {space} --storage {mnt}"
+    script = STUDY_SCRIPT.format(small=small, mnt=mnt, study=study, out=tmp_path, run=mnt / "disk")
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="r", dir="/tmp"), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "bash", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr
+    first = (tmp_path / "first.log").read_text()
+    name = trial.name()
+    assert f"no space left on the device while writing {mnt / 'disk' / 'trials' / name / layout.CHECKPOINT}" in first, \
+        first[-4000:]
+    full = tmp_path / "after_full" / name
+    assert layout.check_checkpoint(full / layout.CHECKPOINT) == 8  # intact: the retry failed the same way
+    assert "no space left on the device" in (full / layout.FAILED).read_text()
+
+    second = (tmp_path / "second.log").read_text()
+    assert (tmp_path / "second.rc").read_text().strip() == "0", second[-4000:]
+    assert f"{name}: resuming from the checkpoint of iteration 8" in second, second[-4000:]
+    resumed = layout.read_metrics(tmp_path / "after_resume" / name)
+    assert not (tmp_path / "after_resume" / name / layout.FAILED).exists()
+    import torch
+
+    torch.set_num_threads(1)  # as the trial (cpus_per_worker: 1)
+    train_trial(tiny_cfg, trial, out_dir=tmp_path / "uninterrupted", data_root=tmp_path / "data")
+    want = layout.read_metrics(tmp_path / "uninterrupted")
+    assert [r["iteration"] for r in resumed] == [4, 8, 12, 16]  # every evaluation once
+    for got, expected in zip(resumed, want):
+        for key in KEYS:
+            assert got[key] == pytest.approx(expected[key], abs=1e-4), (got["iteration"], key)
