@@ -196,7 +196,11 @@ class Store:
             written = self.fs.get_file_info(tmp).size
             if written != size:
                 raise OSError(f"uploaded {written:,} of {size:,} bytes")
-            self.fs.move(tmp, path)
+            try:
+                self.fs.move(tmp, path)
+            except NotImplementedError:  # a store without a move (e.g. flat Azure blobs): a server-side copy
+                self.fs.copy_file(tmp, path)
+                self.fs.delete_file(tmp)
 
         self._retrying("upload to", rel, upload)
 
