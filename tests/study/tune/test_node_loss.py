@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,8 +71,27 @@ class LocalCluster:
         work = self.disk(label) / "work"
         return work.is_dir() and any(p.name.startswith("trial-") for p in work.iterdir())
 
+    def processes(self, label: str) -> list[int]:
+        """The node's processes: its raylet and everything started from it (they inherited its
+        STUDY_LOCAL_DIR), the trial's own process included."""
+        mark = f"STUDY_LOCAL_DIR={self.disk(label)}".encode()
+        pids = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if mark in environ.read_bytes().split(b"\0"):
+                    pids.append(int(environ.parent.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+        return pids
+
     def lose(self, label: str) -> None:
-        """Kill every process of the node (raylet, object store, workers) and delete its disk."""
+        """The node vanishes: every process of it killed at once (the trial's worker too: it
+        would otherwise live on for a moment after its raylet), then its disk deleted."""
+        for pid in self.processes(label):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.cluster.remove_node(self.nodes.pop(label), allow_graceful=False)
         shutil.rmtree(self.disk(label))
 
@@ -151,6 +171,7 @@ def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(
     out = (tmp_path / "study.log").read_text()
     assert killed_at, "no moment with both trials past a checkpoint:\n" + out[-3000:]
     assert study.returncode == 0, out[-5000:]
+    assert not cluster.disk("a").exists()  # nothing of the lost node ran on
     resumed = [name for name in killed_at if f"{name}: resuming from the checkpoint of iteration" in out]
     assert len(resumed) == 1, out[-5000:]  # the trial on the lost node, and only it
     _assert_resumed_once(out, resumed[0], killed_at[resumed[0]])
