@@ -15,6 +15,19 @@ REPO = Path(__file__).resolve().parents[1]
 FRUITS = REPO.parent / "shared" / "data" / "fruits_nuts"
 
 
+CURVE_KEYS = ("loss", "loss_classifier", "loss_mask", "bbox_AP", "segm_AP")
+
+
+def assert_same_curve(rows: list[dict], want: list[dict], iterations: list[int], *, tol: float = 1e-4,
+                      what: str = "") -> None:
+    """`rows` (a resumed trial's metric log) hold every evaluation of `iterations` once, and
+    each has the losses and AP of `want` (an uninterrupted run's) within `tol`."""
+    assert [r["iteration"] for r in rows] == iterations, what  # every evaluation once
+    for got, expected in zip(rows, want, strict=True):
+        for key in CURVE_KEYS:
+            assert got[key] == pytest.approx(expected[key], abs=tol), (what, got["iteration"], key)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg() -> StudyConfig:
     """A study whose 1x is 8 iterations of 4 images at 64 px (ResNet-18 GN, tiny heads): a
