@@ -157,21 +157,31 @@ class Store:
     def get(self, rel: str, dest: str | Path) -> bool:
         """Copy `rel` to the local file `dest` (atomically); False if there is no such file."""
         dest = Path(dest)
-        if not self.exists(rel):
-            return False
         if not self.remote:
+            if not self.local(rel).exists():
+                return False
             if self.local(rel).resolve() != dest.resolve():
                 layout.atomic_write(dest, lambda tmp: shutil.copyfile(self.local(rel), tmp))
             return True
+        import pyarrow.fs
+
+        info = self._retrying("looking up", rel, lambda: self._info(rel))
+        if info.type == pyarrow.fs.FileType.NotFound:
+            return False
+
+        size: int | None = info.size
 
         def download(tmp: Path) -> None:
-            size = self._info(rel).size
+            nonlocal size
+            if size is None:  # the last try read another size: the object may have been replaced
+                size = self._info(rel).size
             # one request for the whole object: reads in pieces are separate ranged requests,
             # and an object replaced between two of them would come back as a mix of both
             with self.fs.open_input_file(self._path(rel)) as src:
                 data = src.read()
             if len(data) != size:  # cut short, or replaced by one of another size meanwhile
-                raise OSError(f"read {len(data):,} of {size:,} bytes")
+                expected, size = size, None
+                raise OSError(f"read {len(data):,} of {expected:,} bytes")
             tmp.write_bytes(data)
 
         self._retrying("download of", rel, lambda: layout.atomic_write(dest, download))

@@ -136,3 +136,19 @@ def test_a_trial_on_flaky_storage_stores_exactly_what_it_trained(flaky_s3, tmp_p
     assert sorted(p.name for p in back.iterdir()) == sorted([layout.CHECKPOINT, layout.CHECKSUMS, layout.METRICS])
     assert sum(faults.injected.values()) > 0
     assert row["status"] == "finished"
+
+
+def test_a_download_looks_the_object_up_once(flaky_s3, tmp_path: Path) -> None:
+    """`Store.get` on S3: one lookup, then pyarrow's own lookup as it opens the object and the
+    GET (three requests; it was four while `get` asked whether the object exists and then its
+    size); a missing object is two (pyarrow looks for the key, then for a folder of that name)."""
+    uri, faults = flaky_s3
+    store = Store(uri, QUICK)
+    (tmp_path / "a").write_bytes(os.urandom(1000))
+    store.put(tmp_path / "a", "f/a.bin")
+    before = faults.requests
+    assert store.get("f/a.bin", tmp_path / "b") and (tmp_path / "b").read_bytes() == (tmp_path / "a").read_bytes()
+    assert faults.requests - before == 3
+    before = faults.requests
+    assert not store.get("f/missing.bin", tmp_path / "c") and not (tmp_path / "c").exists()
+    assert faults.requests - before == 2
