@@ -37,7 +37,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     spec = SynthSpec(train_images=args.train_images, val_images=args.val_images,
                      image_size=args.image_size, seed=args.seed,
                      min_objects=args.min_objects, max_objects=args.max_objects,
-                     min_radius=args.min_radius, max_radius=args.max_radius, labels=args.labels)
+                     min_radius=args.min_radius, max_radius=args.max_radius, labels=args.labels,
+                     **({"classes": tuple(args.classes.split(","))} if args.classes else {}))
     start = time.perf_counter()
     print(f"writing {spec.train_images} train + {spec.val_images} val images "
           f"({spec.image_size} px, seed {spec.seed}) to {args.out}")
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--labels", choices=("shape", "object"), default="shape",
                        help="shape: one category per shape class (default); object: one "
                             "class-agnostic category for every instance")
+    synth.add_argument("--classes", default="",
+                       help="the shape classes drawn: a comma-separated subset of circle,triangle,square,"
+                            "star,hexagon in that order (default: all five)")
     synth.add_argument("--force", action="store_true", help="regenerate even if the set exists")
     synth.set_defaults(func=_cmd_data_synth)
 

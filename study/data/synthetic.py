@@ -49,6 +49,9 @@ class SynthSpec:
     # "shape": one category per shape class (CLASSES); "object": every instance is one category,
     # "object" (class-agnostic detection: what to find, not what it is)
     labels: str = "shape"
+    # the shape classes drawn (a subset of CLASSES, in CLASSES' order): fewer classes, less to
+    # tell apart
+    classes: tuple[str, ...] = CLASSES
 
     def __post_init__(self) -> None:
         require(self.train_images >= 1, "train_images", f"{self.train_images!r} must be >= 1")
@@ -60,11 +63,13 @@ class SynthSpec:
                 f"need 0.05 <= min_radius <= max_radius <= 0.5 (of the shorter side), got "
                 f"{self.min_radius}, {self.max_radius}")
         require(self.labels in ("shape", "object"), "labels", f"{self.labels!r} must be 'shape' or 'object'")
+        require(len(self.classes) >= 1 and list(self.classes) == [c for c in CLASSES if c in self.classes],
+                "classes", f"{list(self.classes)!r} must be a non-empty subset of {list(CLASSES)}, in that order")
 
     @property
     def categories(self) -> tuple[str, ...]:
         """The detection categories, in category-id order (1, 2, ...)."""
-        return CLASSES if self.labels == "shape" else ("object",)
+        return tuple(self.classes) if self.labels == "shape" else ("object",)
 
 
 @dataclass(frozen=True)
@@ -191,9 +196,10 @@ def finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_image(rng: np.random.Generator, width: int, height: int, n_objects: int,
-                 radius: tuple[float, float]) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
-    """One image (uint8 [H, W, 3]) and its instances: (class index, visible polygon parts); each
-    object's circumradius is drawn from `radius` (fractions of the shorter side)."""
+                 radius: tuple[float, float], classes: tuple[str, ...] = CLASSES
+                 ) -> tuple[np.ndarray, list[tuple[int, list[Polygon]]]]:
+    """One image (uint8 [H, W, 3]) and its instances: (index in `classes`, visible polygon parts);
+    each object's circumradius is drawn from `radius` (fractions of the shorter side)."""
     img = background(rng, height, width)
     frame = box(0, 0, width, height)
     placed: list[tuple[int, Polygon, float]] = []  # (class, full clipped shape, its area)
@@ -202,10 +208,10 @@ def render_image(rng: np.random.Generator, width: int, height: int, n_objects: i
     min_area = 0.25 * math.pi * (radius[0] * short) ** 2  # a quarter of the smallest circle: not a sliver
     for _ in range(n_objects):
         for _attempt in range(30):
-            cls = int(rng.integers(len(CLASSES)))
+            cls = int(rng.integers(len(classes)))
             r = rng.uniform(*radius) * short
             cx, cy = rng.uniform(0.15 * width, 0.85 * width), rng.uniform(0.15 * height, 0.85 * height)
-            shape = shape_polygon(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
+            shape = shape_polygon(classes[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.0))
             shape = shape.intersection(frame)
             if not isinstance(shape, Polygon) or shape.area < min_area:
                 continue
@@ -245,7 +251,8 @@ def write_split(out: Path, split: str, count: int, spec: SynthSpec,
         short_side = int(rng.integers(round(0.75 * long_side), long_side + 1))
         width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
         n_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-        pixels, instances = render_image(rng, width, height, n_objects, (spec.min_radius, spec.max_radius))
+        pixels, instances = render_image(rng, width, height, n_objects, (spec.min_radius, spec.max_radius),
+                                         tuple(spec.classes))
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)
@@ -279,19 +286,20 @@ def build_once(out: Path, spec: Any, build: Callable[[], None], *, force: bool =
     Returns whether it built.
     """
     marker = out / "synth_spec.json"
-    if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+    want = json.loads(json.dumps(asdict(spec)))  # as the marker reads back (tuples become lists)
+    if not force and marker.is_file() and json.loads(marker.read_text()) == want:
         return False
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "synth.lock", "w") as lock:  # trials starting together on one node build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+        if not force and marker.is_file() and json.loads(marker.read_text()) == want:
             return False  # another process built it while this one waited
         marker.unlink(missing_ok=True)
         for pattern in stale:
             for path in out.glob(pattern):
                 path.unlink()
         build()
-        marker.write_text(json.dumps(asdict(spec)))
+        marker.write_text(json.dumps(want))
     return True
 
 

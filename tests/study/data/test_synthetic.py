@@ -124,3 +124,32 @@ def test_object_labels_are_one_category_of_the_same_instances(tmp_path: Path) ->
     assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--train-images", "2", "--val-images", "1",
                  "--labels", "object"]) == 0
     assert [c["name"] for c in json.loads((tmp_path / "cli" / "val.json").read_text())["categories"]] == ["object"]
+
+
+def test_a_subset_of_classes_draws_only_those_shapes_and_is_not_rebuilt(tmp_path: Path) -> None:
+    """classes: the categories are the subset, every instance is one of its shapes (a lone triangle
+    clipped by the frame has at most 6 vertices, a lone circle about 40), and reading the spec back
+    from the marker (a list, not a tuple) reuses the set."""
+    def vertices(classes: tuple[str, ...]) -> tuple[list[str], list[int]]:
+        spec = SynthSpec(train_images=20, val_images=1, max_objects=1, classes=classes)
+        coco = json.loads(write_synthetic(tmp_path / "_".join(classes), spec).train_annotations.read_text())
+        return [c["name"] for c in coco["categories"]], [len(a["segmentation"][0]) // 2 for a in coco["annotations"]]
+
+    names, triangles = vertices(("triangle",))
+    assert names == ["triangle"] and len(triangles) == 20 and max(triangles) <= 6
+    names, circles = vertices(("circle",))
+    assert names == ["circle"] and min(circles) >= 20
+    names, _ = vertices(("circle", "triangle", "star"))
+    assert names == ["circle", "triangle", "star"]
+    marker = tmp_path / "circle_triangle_star" / "synth_spec.json"
+    built = marker.stat().st_mtime_ns
+    write_synthetic(tmp_path / "circle_triangle_star",
+                    SynthSpec(train_images=20, val_images=1, max_objects=1, classes=("circle", "triangle", "star")))
+    assert marker.stat().st_mtime_ns == built
+    for bad in ((), ("pentagon",), ("triangle", "circle")):
+        with pytest.raises(Exception, match="classes"):
+            SynthSpec(classes=bad)
+    assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--train-images", "2", "--val-images", "1",
+                 "--classes", "circle,star"]) == 0
+    assert [c["name"] for c in json.loads((tmp_path / "cli" / "val.json").read_text())["categories"]] == \
+        ["circle", "star"]
