@@ -71,6 +71,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b4_one_big_object_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
                                      "synth": {"max_objects": 1, "min_radius": 0.22, "max_radius": 0.40,
                                                "labels": "object"}},
+    # fewer shape classes: less for scratch to tell apart, still something for the stand-in to know
+    "b4_three": {"batch": 4, "lr": 0.04, "train_images": 3000,
+                 "synth": {"max_objects": 2, "classes": ("circle", "triangle", "star")}},
+    "b4_three_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
+                            "synth": {"max_objects": 2, "classes": ("circle", "triangle", "star")}},
+    "b4_two": {"batch": 4, "lr": 0.04, "train_images": 3000,
+               "synth": {"max_objects": 2, "classes": ("circle", "triangle")}},
+    "b4_two_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
+                          "synth": {"max_objects": 2, "classes": ("circle", "triangle")}},
 }
 
 
@@ -91,7 +100,7 @@ def datasets(v: dict[str, Any], data_root: Path, val_images: int):
     from study.data.synthetic import write_synthetic
 
     spec = _spec(v, val_images)
-    extra = "".join(f"_{k}{x}" for k, x in sorted(v["synth"].items()))
+    extra = "".join(f"_{k}{'-'.join(x) if isinstance(x, tuple) else x}" for k, x in sorted(v["synth"].items()))
     paths = write_synthetic(data_root / f"px{spec.image_size}_n{spec.train_images}{extra}", spec)
     size = v["image_size"]
     train = InstanceDataset(load_coco(paths.train_annotations, paths.train_images, filter_empty=True),
