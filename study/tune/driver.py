@@ -156,6 +156,7 @@ class StudyRun:
     summary: str
     report: str
     phases_s: dict[str, float] = field(default_factory=dict)
+    errored: int = 0  # Tune trials that ended in an error (a diverged trial is a result, not one)
 
 
 def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | None = None,
@@ -166,8 +167,8 @@ def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     start, started = time.perf_counter(), _now()
     name = name or cfg.name
     timings: dict[str, float] = {}
-    run_study(cfg, storage=storage, name=name, address=address, resume=resume, forking=forking,
-              timings=timings)
+    grid = run_study(cfg, storage=storage, name=name, address=address, resume=resume, forking=forking,
+                     timings=timings)
     store = Store(storage)
 
     def run_info() -> None:
@@ -180,7 +181,7 @@ def study_run(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
     summary, report = analyze_stored(store, name, tol=tol)
     timings["analysis"] = time.perf_counter() - tick
     run_info()
-    return StudyRun(summary=summary, report=report, phases_s=timings)
+    return StudyRun(summary=summary, report=report, phases_s=timings, errored=grid.num_errors)
 
 
 def _now() -> str:

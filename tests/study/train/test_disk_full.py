@@ -113,6 +113,8 @@ def test_a_study_whose_disk_fills_up_records_the_error_and_resume_continues(tmp_
     full = tmp_path / "after_full" / name
     assert layout.check_checkpoint(full / layout.CHECKPOINT) == 8  # intact: the retry failed the same way
     assert "no space left on the device" in (full / layout.FAILED).read_text()
+    assert (tmp_path / "first.rc").read_text().strip() == "1"  # the study ran, but not all of it
+    assert "1 trial(s) errored" in first and "with --resume retries them" in first
 
     second = (tmp_path / "second.log").read_text()
     assert (tmp_path / "second.rc").read_text().strip() == "0", second[-4000:]
