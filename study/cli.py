@@ -178,8 +178,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"study {name} done in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in run.phases_s.items()))
     if run.errored:  # a script around `study run` must not take a partial study for a whole one
-        print(f"study: {run.errored} trial(s) errored (the summary lists them; each one's failed.txt says "
-              "why): the report leaves them out. Fix the cause, then `study run` again with --resume "
+        print(f"study: {run.errored} trial(s) errored (the summary lists them; each one's {layout.FAILED} "
+              "says why): the report leaves them out. Fix the cause, then `study run` again with --resume "
               "retries them.", file=sys.stderr)
         return 1
     return 0
