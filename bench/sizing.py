@@ -80,6 +80,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                "synth": {"max_objects": 2, "classes": ("circle", "triangle")}},
     "b4_two_pretrained": {"batch": 4, "lr": 0.04, "train_images": 3000, "init": "pretrained",
                           "synth": {"max_objects": 2, "classes": ("circle", "triangle")}},
+    # two classes on scarce data: where scratch should fall behind for good
+    **{f"b4_two_n{n}{arm}": {"batch": 4, "lr": 0.04, "train_images": n, "init": init,
+                             "synth": {"max_objects": 2, "classes": ("circle", "triangle")}}
+       for n in (30, 100) for arm, init in (("", "scratch"), ("_pretrained", "pretrained"))},
 }
 
 
