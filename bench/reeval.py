@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,8 @@ def main() -> None:
     cfg = load_study(args.run_dir / layout.STUDY_FILE)
     own = cfg.data.synthetic.val_images
     spec = dataclasses.replace(cfg.data.synthetic, val_images=args.val_images)
-    data = Path(f"/tmp/reeval_val_{args.val_images}_{abs(hash(json.dumps(dataclasses.asdict(spec))))}")
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+    data = Path(tempfile.gettempdir()) / f"reeval_val_{key}"  # generated once per spec, then reused
     if not (data / "val.json").is_file():
         write_split(data, "val", args.val_images, spec)
     val = InstanceDataset(load_coco(data / "val.json", data / "val"))
