@@ -5,7 +5,10 @@ seed: d_s = AP(pretrained, seed s) - AP(scratch, seed s), each arm at its cell's
 finished trials (a seed that diverged or failed in either arm is left out, and `n_seeds` says how
 many pairs remain). The gap is the mean of d_s; its 95% interval is mean ± t(0.975, n-1) x sd/sqrt(n)
 (Student t with n-1 degrees of freedom). With one pair there is no interval, and every verdict is
-INCONCLUSIVE.
+INCONCLUSIVE. The interval is over seeds on the study's one val set: a different draw of val
+images moves the gap by its own sampling error, which is not in the interval (on the synthetic
+set, 200 val images and 1,800 fresh ones from the same generator gave the same three models'
+gap as +0.9 and +1.7 AP).
 
 Per training-set size:
 
@@ -45,7 +48,8 @@ from study.plan.trials import Size
 
 LEVEL = 0.95
 INTERVAL_RULE = ("95% interval: mean of the paired per-seed gaps ± t(0.975, n-1) x sd / sqrt(n), "
-                 "Student t with n-1 degrees of freedom; one seed gives no interval")
+                 "Student t with n-1 degrees of freedom; one seed gives no interval. It is over seeds "
+                 "on this val set: the val images' own sampling error is not in it")
 MARGIN_CAP_AP, MARGIN_CAP_FRACTION = 1.5, 0.05  # the paper's own 3x gap was 1.3 AP at ~40 AP
 # ... and never more than a quarter of the AP itself: at 2 AP, "within 1.5 AP" would call arms
 # equal that differ by a factor of four

@@ -169,6 +169,7 @@ def test_claims_json_and_the_report_open_with_the_verdicts(run: Path) -> None:
     assert any("36.8 vs pretrained 40.3" in line and "SUPPORTED" in line for line in md[:12])
     assert summary.startswith("the paper's claims (pretrained - scratch, bbox_AP):\n  95% interval")
     assert "Student t with n-1 degrees of freedom" in summary
+    assert "over seeds on this val set: the val images' own sampling error is not in it" in summary
     assert (run / "out" / "gap_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
