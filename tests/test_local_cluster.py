@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,66 @@ import pytest
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
+
+
+def cluster_pids(marker: str) -> set[int]:
+    """The processes of the Ray cluster whose session files are under `marker` (their command
+    lines name it) and all their descendants (workers and agents, whose command lines do not)."""
+    parents, named = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # it exited while being read
+        parents[int(entry.name)] = ppid
+        if marker in cmdline:
+            named.add(int(entry.name))
+    mine, pid = set(), os.getpid()  # this process and its ancestors are never the cluster's
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        pid = parents.get(pid, 1)
+    found, grew = named - mine, True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found - mine
+        found |= children
+        grew = bool(children)
+    return found
+
+
+def stop_cluster(marker: str, grace_s: float = 10.0) -> None:
+    """Stop only this test's cluster. `ray stop --force` would also kill every other Ray session
+    of the user on the machine, such as a study running beside the tests."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = cluster_pids(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while cluster_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def test_stopping_the_test_cluster_spares_other_processes(tmp_path: Path) -> None:
+    """Only the processes that name the marker, and their children, are stopped."""
+    ours = subprocess.Popen(["bash", "-c", "sleep 60 & wait", str(tmp_path / "ours")])
+    other = subprocess.Popen(["bash", "-c", "sleep 60 & wait", str(tmp_path / "other")])
+    try:
+        time.sleep(0.3)  # the children have started
+        assert len(cluster_pids(str(tmp_path / "ours"))) == 2  # bash and its sleep
+        stop_cluster(str(tmp_path / "ours"), grace_s=5)
+        assert ours.wait(timeout=5) == -signal.SIGTERM
+        assert not cluster_pids(str(tmp_path / "ours"))
+        assert other.poll() is None and len(cluster_pids(str(tmp_path / "other"))) == 2
+    finally:
+        stop_cluster(str(tmp_path / "other"), grace_s=5)
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow
@@ -31,8 +93,10 @@ def test_study_run_joins_a_running_cluster(tmp_path: Path) -> None:
                               "--address", "auto", "--storage", str(tmp_path / "runs")],
                              env=env, capture_output=True, text=True, timeout=600)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(ray_tmp)
+        left = cluster_pids(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left, f"processes of the test's cluster still running: {sorted(left)}"
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "study smoke done" in run.stdout
     assert "Started a local Ray instance" not in run.stdout + run.stderr  # it joined, it did not start one
