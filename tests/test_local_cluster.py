@@ -66,7 +66,10 @@ def test_stopping_the_test_cluster_spares_other_processes(tmp_path: Path) -> Non
     ours = subprocess.Popen(["bash", "-c", "sleep 60 & wait", str(tmp_path / "ours")])
     other = subprocess.Popen(["bash", "-c", "sleep 60 & wait", str(tmp_path / "other")])
     try:
-        time.sleep(0.3)  # the children have started
+        deadline = time.monotonic() + 10
+        while (min(len(cluster_pids(str(tmp_path / name))) for name in ("ours", "other")) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.1)  # until both shells have started their sleep
         assert len(cluster_pids(str(tmp_path / "ours"))) == 2  # bash and its sleep
         stop_cluster(str(tmp_path / "ours"), grace_s=5)
         assert ours.wait(timeout=5) == -signal.SIGTERM
