@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -29,7 +28,7 @@ from study import layout
 from study.analysis.claims import t_interval
 from study.config import load_study
 from study.data.coco import InstanceDataset, load_coco
-from study.data.synthetic import write_split
+from study.data.synthetic import build_once, write_split
 from study.train.build import build_detector
 from study.train.steps import coco_metrics, predict
 
@@ -71,10 +70,8 @@ def main() -> None:
     cfg = load_study(args.run_dir / layout.STUDY_FILE)
     own = cfg.data.synthetic.val_images
     spec = dataclasses.replace(cfg.data.synthetic, val_images=args.val_images)
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-    data = Path(tempfile.gettempdir()) / f"reeval_val_{key}"  # generated once per spec, then reused
-    if not (data / "val.json").is_file():
-        write_split(data, "val", args.val_images, spec)
+    data = Path(tempfile.gettempdir()) / "reeval_val"  # made once per spec, as the study's data is
+    build_once(data, spec, lambda: write_split(data, "val", args.val_images, spec), stale=("val/[0-9]*.png",))
     val = InstanceDataset(load_coco(data / "val.json", data / "val"))
     ids = list(val.image_ids)
     rows = []
