@@ -28,7 +28,8 @@ import torch
 
 from models.init import init_scratch
 from models.mask_rcnn import build_mask_rcnn
-from models.norms import convert_sync_batchnorm, parameter_groups
+from models.norms import convert_sync_batchnorm
+from study.train.build import build_sgd
 from study.train.steps import train_step
 
 
@@ -88,8 +89,8 @@ def main() -> None:
         torch.distributed.init_process_group("nccl", rank=0, world_size=1)
         model = convert_sync_batchnorm(model, "syncbn", device)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0])
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                lr=0.02 * args.ims_per_gpu / 16, momentum=0.9)
+    optimizer = build_sgd(model, lr=0.02 * args.ims_per_gpu / 16, momentum=0.9, weight_decay=1e-4,
+                          weight_decay_norm=0.0)
     autocast = device.type == "cuda" and not args.no_bf16
     gen = torch.Generator().manual_seed(0)
     data = [batch(args.ims_per_gpu, size[0], size[1], 80, gen, device) for _ in range(4)]

@@ -118,9 +118,9 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     torch.set_num_threads(1)
     import models.mask_rcnn as mr
     from models.init import init_scratch, load_backbone
-    from models.norms import parameter_groups
     from study.data.coco import collate
     from study.data.sampling import IterationBatchSampler
+    from study.train.build import build_sgd
     from study.train.precision import use_bf16
     from study.train.steps import evaluate, train_step
 
@@ -133,8 +133,7 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     init_scratch(model)
     if v["init"] == "pretrained":
         load_backbone(model, opts["weights"])
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                lr=v["lr"], momentum=0.9)
+    optimizer = build_sgd(model, lr=v["lr"], momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
     bf16 = use_bf16("auto", torch.device("cpu"))
     points = {images // v["batch"]: images for images in opts["images"]}
     sampler = IterationBatchSampler(len(train), v["batch"], seed=seed, start_iter=0, max_iter=max(points))

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader
 
 from models.init import init_scratch, load_backbone, load_state_file
 from models.mask_rcnn import build_mask_rcnn
-from models.norms import parameter_groups
 from study.analysis.claims import t_interval
 from study.data.coco import InstanceDataset, collate, load_coco
 from study.data.sampling import IterationBatchSampler
 from study.data.synthetic import SynthSpec, write_synthetic
+from study.train.build import build_sgd
 from study.train.steps import evaluate, train_step
 
 
@@ -52,8 +52,7 @@ def run_arm(job: tuple[str | None, int, argparse.Namespace]) -> dict[str, Any]:
     fresh: list[str] = []
     if weights is not None:
         fresh = load_backbone(model, weights).fresh
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                lr=args.lr, momentum=0.9)
+    optimizer = build_sgd(model, lr=args.lr, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
     sampler = IterationBatchSampler(len(train), args.batch, seed=seed, start_iter=0, max_iter=args.iters)
     losses, evals, start = [], {}, time.perf_counter()
     model.train()

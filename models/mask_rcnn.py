@@ -27,6 +27,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from models.choices import BACKBONES, PROFILES
 from models.norms import norm_factory
+from models.small_convs import use_small_map_convs
 
 # Output channels of layer1..layer4: basic blocks (18/34) and bottlenecks (50 and deeper).
 _STAGE_CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet34": [64, 128, 256, 512]}
@@ -87,11 +88,14 @@ def stage_channels(backbone: str) -> list[int]:
 
 
 def build_backbone_fpn(backbone: str, norm: str, fpn_channels: int) -> BackboneWithFPN:
-    """ResNet layer1..layer4 -> FPN P2..P5 (+ P6 by max-pool), norm in both, nothing frozen."""
+    """ResNet layer1..layer4 -> FPN P2..P5 (+ P6 by max-pool), norm in both, nothing frozen. Its
+    convs compute tiny maps (layer4's 2 x 2 at 64 px) as unfold + matmul on the CPU
+    (`models.small_convs`): the same parameters and outputs."""
     resnet = build_resnet(backbone, norm)
-    return BackboneWithFPN(resnet, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                           in_channels_list=stage_channels(backbone), out_channels=fpn_channels,
-                           extra_blocks=LastLevelMaxPool(), norm_layer=norm_factory(norm))
+    fpn = BackboneWithFPN(resnet, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                          in_channels_list=stage_channels(backbone), out_channels=fpn_channels,
+                          extra_blocks=LastLevelMaxPool(), norm_layer=norm_factory(norm))
+    return use_small_map_convs(fpn)
 
 
 def build_mask_rcnn(*, backbone: str, norm: str, num_classes: int, profile: str = "paper",

@@ -1,4 +1,4 @@
-"""What a trial is built from: its device, its data (train subset and val set) and its detector."""
+"""What a trial is built from: its device, its data (train subset and val set), its detector and its SGD."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torchvision.models.detection import MaskRCNN
 
 from models.mask_rcnn import build_mask_rcnn
+from models.norms import parameter_groups
 from study.config import StudyConfig
 from study.data.coco import InstanceDataset, load_coco
 from study.data.sampling import nested_subset, subset_size
@@ -52,3 +53,14 @@ def build_detector(cfg: StudyConfig, num_classes: int) -> MaskRCNN:
     m = cfg.model
     return build_mask_rcnn(backbone=m.backbone, norm=m.norm, num_classes=num_classes, profile=m.profile,
                            min_size=m.min_size, max_size=m.max_size)
+
+
+def build_sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float,
+              weight_decay_norm: float) -> torch.optim.SGD:
+    """SGD with momentum, no weight decay on norm parameters (`parameter_groups`), as one fused
+    kernel per step: torch's default SGD makes four passes over every parameter (weight decay,
+    momentum, update) and allocates a tensor for the first: fused, a trial step on one CPU core
+    takes 0.90x the time (bench/suite.py part step). The update is the same."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+    return torch.optim.SGD(parameter_groups(model, weight_decay=weight_decay, weight_decay_norm=weight_decay_norm),
+                           lr=lr, momentum=momentum, fused=fused)

@@ -33,14 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models.init import init_scratch, load_backbone
-from models.norms import convert_sync_batchnorm, parameter_groups
+from models.norms import convert_sync_batchnorm
 from study import layout
 from study.config import StudyConfig
 from study.data.coco import InstanceDataset, collate
 from study.data.sampling import IterationBatchSampler
 from study.plan.schedule import Schedule, lr_at, schedule_for
 from study.plan.trials import Trial
-from study.train.build import build_detector, trial_datasets
+from study.train.build import build_detector, build_sgd, trial_datasets
 from study.train.precision import use_bf16
 from study.train.ranks import gather_over_ranks, sum_over_ranks
 from study.train.state import Progress, drop_previous, restore_state, save_state, usable_checkpoint
@@ -85,9 +85,8 @@ def build_setup(cfg: StudyConfig, trial: Trial, *, data_root: str | Path, pretra
         if rank == 0:
             print(loaded.summary())
     model.to(device)  # before the optimizer state is loaded: it follows its parameters' device
-    optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=solver.weight_decay,
-                                                 weight_decay_norm=solver.weight_decay_norm),
-                                lr=trial.base_lr, momentum=solver.momentum)
+    optimizer = build_sgd(model, lr=trial.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay,
+                          weight_decay_norm=solver.weight_decay_norm)
     return Setup(model, optimizer, train, val, schedule, meta, device)
 
 

@@ -174,3 +174,31 @@ def test_solver_precision_chooses_the_trials_autocast(tmp_path: Path, tiny_cfg: 
                                       stop_at=2)["loss"]
     assert loss["fp32"] != loss["bf16"] and loss["fp32"] == pytest.approx(loss["bf16"], rel=0.05)
     assert loss["auto"] == loss["bf16" if use_bf16("auto", torch.device("cpu")) else "fp32"]
+
+
+def test_the_trials_sgd_is_fused_and_steps_as_torchs_default_sgd() -> None:
+    """build_sgd: one fused kernel, the same update as torch's default (for-loop) SGD, with momentum
+    and no weight decay on norm parameters, over several steps."""
+    from models.norms import parameter_groups
+    from study.train.build import build_sgd
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8), torch.nn.Flatten(),
+                                   torch.nn.Linear(8 * 6 * 6, 2))
+
+    fused_model, plain_model = model(), model()
+    fused = build_sgd(fused_model, lr=0.1, momentum=0.9, weight_decay=1e-2, weight_decay_norm=0.0)
+    plain = torch.optim.SGD(parameter_groups(plain_model, weight_decay=1e-2, weight_decay_norm=0.0),
+                            lr=0.1, momentum=0.9)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [1e-2, 0.0]
+    x = torch.randn(4, 3, 8, 8)
+    for _ in range(5):
+        for m, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused_model[0].weight, model()[0].weight)  # it did train
