@@ -117,12 +117,14 @@ def _announce(trial: Trial, out_dir: Path, iteration: int) -> None:
 
 
 def evaluate_row(setup: Setup, trial: Trial, it: int, lr: float, losses: dict[str, float],
-                 progress: Progress, *, images_per_s: float, rank: int, world_size: int) -> dict[str, Any]:
+                 progress: Progress, *, images_per_s: float, rank: int, world_size: int,
+                 bf16: bool) -> dict[str, Any]:
     """The metric row of an evaluation at iteration `it`: losses, COCO AP (every rank predicts its
-    shard of the val set, rank 0 evaluates), throughput and samples seen."""
+    shard of the val set, in the trial's precision; rank 0 evaluates), throughput and samples seen."""
     now = time.perf_counter()
     shard = list(range(rank, len(setup.val), world_size))
-    results = gather_over_ranks(predict(setup.model, setup.val, indices=shard, device=setup.device), world_size)
+    results = gather_over_ranks(predict(setup.model, setup.val, indices=shard, device=setup.device, bf16=bf16),
+                                world_size)
     metrics = coco_metrics(setup.val, results) if rank == 0 else {}
     metrics["eval_s"] = time.perf_counter() - now  # prediction and COCOeval
     counts, pre = progress.counts, setup.pretrain_meta
@@ -249,7 +251,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
         if evaluating:
             mean_losses = progress.take_mean_losses(world_size)
             row = evaluate_row(setup, trial, it, lr, mean_losses, progress, rank=rank, world_size=world_size,
-                               images_per_s=n_timed * solver.ims_per_batch / (time.perf_counter() - tick))
+                               bf16=bf16, images_per_s=n_timed * solver.ims_per_batch / (time.perf_counter() - tick))
             log(row)
         if it in fork_at:  # before the checkpoint: a run resumed from the checkpoint at `it` is past it
             save(out_dir / layout.fork_checkpoint(it), it)
