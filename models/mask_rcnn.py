@@ -14,6 +14,10 @@ weights and in nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
 
 from torchvision import models as tvm
 from torchvision.models.detection import MaskRCNN
@@ -115,7 +119,7 @@ def build_mask_rcnn(*, backbone: str, norm: str, num_classes: int, profile: str 
     anchors = AnchorGenerator(sizes=tuple((s,) for s in p.anchor_sizes),
                               aspect_ratios=((0.5, 1.0, 2.0),) * len(p.anchor_sizes))
     levels = ["0", "1", "2", "3"]
-    return MaskRCNN(
+    model = MaskRCNN(
         build_backbone_fpn(backbone, norm, c), num_classes=None,
         min_size=min_size, max_size=max_size,
         rpn_anchor_generator=anchors, rpn_head=RPNHead(c, anchors.num_anchors_per_location()[0]),
@@ -130,4 +134,29 @@ def build_mask_rcnn(*, backbone: str, norm: str, num_classes: int, profile: str 
         mask_head=MaskRCNNHeads(c, [p.head_channels] * 4, 1, norm_layer=norm_layer),
         mask_predictor=MaskRCNNPredictor(p.head_channels, p.head_channels, num_classes + 1),
     )
+    return heads_output_fp32(model)
+
+
+def heads_output_fp32(model: MaskRCNN) -> MaskRCNN:
+    """Make the RPN head and the box and mask predictors hand their outputs on in fp32.
+
+    Under bf16 autocast their layers compute in bf16 and return bf16, and torchvision decodes
+    boxes in the regression's dtype (`BoxCoder.decode_single` casts the anchors or proposals to
+    it): every proposal and detection would be rounded to bf16, a step of 0.25 px at 32-64 px
+    and 4 px at 512-1024 px. Cast back here, the layers still run in bf16 and the boxes are
+    decoded in fp32. Measured on the two-class synthetic set (scratch, 1,200 iterations of 4
+    images, bf16): bbox AP 70.3 / 68.9 against 66.6 / 66.8 (seeds 0 / 1), AP75 +1 to +4.
+    Forward hooks: the parameters and state-dict keys are unchanged."""
+    for module in (model.rpn.head, model.roi_heads.box_predictor, model.roi_heads.mask_predictor):
+        if module is not None:
+            module.register_forward_hook(_outputs_fp32)
+    return model
+
+
+def _outputs_fp32(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_outputs_fp32(_module, _inputs, o) for o in output)
+    return output
 

@@ -208,3 +208,23 @@ def test_norm_table() -> None:
         get_norm("ln", 64)
     layer = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     assert convert_sync_batchnorm(layer, "bn", torch.device("cpu")) is layer
+
+
+def test_under_bf16_autocast_boxes_are_decoded_in_fp32() -> None:
+    """The heads compute in bf16 but hand fp32 on: proposals and detections are not rounded to bf16."""
+    model = tiny_model()
+    model.eval()
+    proposals: list[torch.Tensor] = []
+    model.roi_heads.register_forward_pre_hook(lambda _m, args: proposals.extend(args[1]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model([torch.rand(3, 64, 48)])[0]
+        rpn_logits, rpn_deltas = model.rpn.head([torch.rand(1, 64, 16, 12)])
+    assert rpn_logits[0].dtype == rpn_deltas[0].dtype == torch.float32
+    assert proposals and all(p.dtype == torch.float32 for p in proposals)
+    assert out["boxes"].dtype == out["scores"].dtype == out["masks"].dtype == torch.float32
+    assert len(out["boxes"]) > 0
+    # an untrained model's proposals land anywhere in the image: rounded to bf16 (steps of 0.125-0.25
+    # px above 16 px) nearly all of them would sit on that grid
+    coords = torch.cat(proposals).flatten()
+    off_grid = (coords[coords > 16] * 8).frac() != 0
+    assert off_grid.float().mean() > 0.5
