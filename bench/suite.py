@@ -22,6 +22,11 @@ Parts:
             two runs at a time, 2 seeds) with one change each: bf16 autocast, torch.compile, 2 or 8
             images per batch, wider heads, more RoIs, more detections kept for evaluation; bbox AP
             at that budget, per CPU-minute, and the evaluation's seconds per point
+  step      one trial step and one evaluation with the trial loop's CPU levers added one at a time:
+            torch's default SGD -> fused SGD -> tiny maps as unfold + matmul (models.small_convs);
+            evaluation in fp32 and in bf16.
+            The default study's detector and data, one thread, each variant in a fresh process,
+            interleaved rounds
   ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run with a
             trivial loop (median of 3; its health-check interval at our 0.25 s and at Ray's 2 s)
   study     (with --study RUN_DIR) a finished `study run`'s phases and its trials' train / eval /
@@ -78,15 +83,14 @@ def _model_and_optimizer(num_classes: int) -> tuple[torch.nn.Module, torch.optim
     """The trial's model (tiny profile, scratch init, seed 0) in train mode and its SGD."""
     from models.init import init_scratch
     from models.mask_rcnn import build_mask_rcnn
-    from models.norms import parameter_groups
+    from study.train.build import build_sgd
 
     torch.manual_seed(0)
     model = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=num_classes, profile="tiny",
                             min_size=64, max_size=64)
     init_scratch(model)
     model.train()
-    return model, torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                  lr=0.02, momentum=0.9)
+    return model, build_sgd(model, lr=0.02, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
 
 
 # --- overhead ------------------------------------------------------------------------------------
@@ -562,9 +566,8 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
     from study.data.sampling import IterationBatchSampler
     from study.plan.schedule import lr_at, schedule_for
     from study.plan.trials import Size
-    from study.train.build import trial_datasets
+    from study.train.build import build_sgd, trial_datasets
     from study.train.steps import evaluate, train_step
-    from models.norms import parameter_groups
 
     torch.set_num_threads(1)
     lever = LEVERS[name]
@@ -588,8 +591,7 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
         if lever.get("compile"):  # quick: trace and run it without generating code (minutes otherwise)
             model.backbone = torch.compile(model.backbone, backend="aot_eager" if QUICK else "inductor")
         model.train()
-        return model, torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
-                                      lr=LEVER_LR, momentum=0.9)
+        return model, build_sgd(model, lr=LEVER_LR, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
 
     def batches(n: int) -> DataLoader:
         sampler = IterationBatchSampler(len(train), batch, seed=seed, start_iter=0, max_iter=n)
@@ -656,6 +658,97 @@ def levers(work: Path) -> dict[str, Any]:
     return out
 
 
+# --- step ---------------------------------------------------------------------------------------
+
+# Each adds one lever to the one before it; the last is what a trial runs.
+STEP_VARIANTS = ("torch_sgd", "fused_sgd", "small_maps")
+STEP_WARMUP, STEP_TIMED = 10, 40
+
+
+def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
+    """One step variant, in this (fresh, one-thread) process: ms per training step (the default
+    study's detector, scratch, batch 4, its precision) and seconds to predict its val set in fp32
+    and in bf16 (bf16 only where the CPU has it natively)."""
+    import dataclasses
+
+    import models.small_convs as small_convs
+    from models.init import init_scratch
+    from models.norms import parameter_groups
+    from study.config import load_study
+    from study.data.coco import collate
+    from study.plan.trials import Size
+    from study.train.build import build_detector, build_sgd, trial_datasets
+    from study.train.precision import cpu_has_native_bf16
+    from study.train.steps import predict, train_step
+
+    torch.set_num_threads(1)
+    levers = STEP_VARIANTS[:STEP_VARIANTS.index(variant) + 1]
+    if "small_maps" not in levers:
+        small_convs.MAX_POSITIONS = 0  # every conv through oneDNN
+    cfg = load_study(REPO / "search_spaces" / "default.yaml")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synthetic=dataclasses.replace(
+        cfg.data.synthetic, train_images=200, val_images=12 if QUICK else 200)))
+    train, val = trial_datasets(cfg, Size(200), work / "data")
+    torch.manual_seed(0)
+    model = build_detector(cfg, train.split.num_classes)
+    init_scratch(model)
+    model.train()
+    if "fused_sgd" in levers:
+        optimizer = build_sgd(model, lr=0.04, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
+    else:
+        optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
+                                    lr=0.04, momentum=0.9)
+    bf16 = cpu_has_native_bf16()
+    warmup, timed = (2, 4) if QUICK else (STEP_WARMUP, STEP_TIMED)
+    batches = [collate([train[(i * BATCH + j) % len(train)] for j in range(BATCH)]) for i in range(warmup + timed)]
+    for images, targets in batches[:warmup]:
+        train_step(model, images, targets, optimizer, bf16=bf16)
+    start = time.perf_counter()
+    for images, targets in batches[warmup:]:
+        train_step(model, images, targets, optimizer, bf16=bf16)
+    out = {"variant": variant, "step_ms": 1000 * (time.perf_counter() - start) / timed, "bf16": bf16,
+           "val_images": len(val)}
+    for name, on in (("fp32", False), ("bf16", True)):
+        if on and not bf16:
+            continue
+        predict(model, val, indices=list(range(4)), bf16=on)  # warm-up
+        start = time.perf_counter()
+        predict(model, val, bf16=on)
+        out[f"predict_{name}_s"] = time.perf_counter() - start
+    return out
+
+
+def step(work: Path) -> dict[str, Any]:
+    """Every step variant in a fresh one-thread process, `ROUNDS` interleaved rounds, one at a time;
+    each number is the median over rounds, and each lever's ratio is to the variant before it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs: list[dict[str, Any]] = []
+    for round_ in range(ROUNDS):
+        for variant in STEP_VARIANTS:
+            proc = subprocess.run([sys.executable, __file__, "--step", variant, str(work),
+                                   *(["--quick"] if QUICK else [])], env=env, capture_output=True, text=True,
+                                  timeout=900, cwd=REPO)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                raise RuntimeError(f"step {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            runs.append({"round": round_, **json.loads(lines[-1][7:])})
+            print(f"  round {round_} {variant:12s} {runs[-1]['step_ms']:.1f} ms/step", flush=True)
+    out: dict[str, Any] = {"rounds": ROUNDS, "batch": BATCH, "runs": runs}
+    for variant in STEP_VARIANTS:
+        rows = [r for r in runs if r["variant"] == variant]
+        for key in ("step_ms", "predict_fp32_s", "predict_bf16_s"):
+            if key in rows[0]:
+                out[f"{variant}_{key}"] = statistics.median(r[key] for r in rows)
+    for before, after in zip(STEP_VARIANTS, STEP_VARIANTS[1:]):
+        out[f"{after}_vs_{before}"] = out[f"{after}_step_ms"] / out[f"{before}_step_ms"]
+    out[f"{STEP_VARIANTS[-1]}_vs_{STEP_VARIANTS[0]}"] = (out[f"{STEP_VARIANTS[-1]}_step_ms"]
+                                                        / out[f"{STEP_VARIANTS[0]}_step_ms"])
+    last = STEP_VARIANTS[-1]
+    if f"{last}_predict_bf16_s" in out:
+        out["predict_bf16_vs_fp32"] = out[f"{last}_predict_bf16_s"] / out[f"{last}_predict_fp32_s"]
+    return out
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 
@@ -663,7 +756,7 @@ QUICK = False  # --quick: smaller sizes, for the test that keeps this script wor
 ROUNDS = 2
 
 PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs,
-         "roofline": roofline, "levers": levers}
+         "roofline": roofline, "levers": levers, "step": step}
 
 
 def main() -> None:
@@ -676,6 +769,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes: checks that it runs, measures little")
     p.add_argument("--variant", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # overhead's child
     p.add_argument("--lever", nargs=3, metavar=("LEVER", "SEED", "DIR"), help=argparse.SUPPRESS)  # levers' child
+    p.add_argument("--step", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # step's child
     args = p.parse_args()
     global QUICK
     QUICK = args.quick
@@ -684,6 +778,9 @@ def main() -> None:
         return
     if args.lever:
         print(f"RESULT {json.dumps(run_lever(args.lever[0], int(args.lever[1]), Path(args.lever[2])))}")
+        return
+    if args.step:
+        print(f"RESULT {json.dumps(run_step_variant(args.step[0], Path(args.step[1])))}")
         return
     chosen = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(chosen) - set(PARTS)

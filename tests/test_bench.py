@@ -43,17 +43,21 @@ def test_the_gpu_trial_script_resumes_exactly_on_the_cpu() -> None:
 
 def test_the_benchmark_suite_runs(tmp_path) -> None:
     """bench/suite.py --quick on its cheap parts: the table and the JSON come out, with the
-    evaluation backends agreeing."""
+    evaluation backends agreeing and every step lever measured in both rounds."""
     import json
 
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader", "--quick",
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader,step", "--quick",
                           "--out", str(tmp_path / "suite.json")], capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "suite.json").read_text())
-    assert set(report["parts"]) == {"eval", "loader"} and report["machine"]["cpus"] >= 1
+    assert set(report["parts"]) == {"eval", "loader", "step"} and report["machine"]["cpus"] >= 1
     assert report["parts"]["eval"]["max_ap_difference"] < 1e-4 and report["parts"]["eval"]["images"] == 40
     assert report["parts"]["loader"]["step_ms"] > 0
+    step = report["parts"]["step"]
+    assert [r["variant"] for r in step["runs"]] == ["torch_sgd", "fused_sgd", "small_maps"] * 2
+    assert all(step[f"{v}_step_ms"] > 0 for v in ("torch_sgd", "fused_sgd", "small_maps"))
+    assert step["small_maps_vs_torch_sgd"] == step["small_maps_step_ms"] / step["torch_sgd_step_ms"]
     assert "eval       speedup" in out.stdout
 
 
