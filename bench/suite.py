@@ -771,8 +771,9 @@ def main() -> None:
     p.add_argument("--lever", nargs=3, metavar=("LEVER", "SEED", "DIR"), help=argparse.SUPPRESS)  # levers' child
     p.add_argument("--step", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # step's child
     args = p.parse_args()
-    global QUICK
+    global QUICK, ROUNDS
     QUICK = args.quick
+    ROUNDS = 1 if QUICK else ROUNDS  # quick checks that each variant runs: one round does
     if args.variant:
         print(f"RESULT {run_variant(args.variant[0], Path(args.variant[1]))}")
         return

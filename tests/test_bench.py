@@ -43,7 +43,7 @@ def test_the_gpu_trial_script_resumes_exactly_on_the_cpu() -> None:
 
 def test_the_benchmark_suite_runs(tmp_path) -> None:
     """bench/suite.py --quick on its cheap parts: the table and the JSON come out, with the
-    evaluation backends agreeing and every step lever measured in both rounds."""
+    evaluation backends agreeing and every step lever measured (one round in quick mode)."""
     import json
 
     out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader,step", "--quick",
@@ -55,7 +55,7 @@ def test_the_benchmark_suite_runs(tmp_path) -> None:
     assert report["parts"]["eval"]["max_ap_difference"] < 1e-4 and report["parts"]["eval"]["images"] == 40
     assert report["parts"]["loader"]["step_ms"] > 0
     step = report["parts"]["step"]
-    assert [r["variant"] for r in step["runs"]] == ["torch_sgd", "fused_sgd", "small_maps"] * 2
+    assert [r["variant"] for r in step["runs"]] == ["torch_sgd", "fused_sgd", "small_maps"]
     assert all(step[f"{v}_step_ms"] > 0 for v in ("torch_sgd", "fused_sgd", "small_maps"))
     assert step["small_maps_vs_torch_sgd"] == step["small_maps_step_ms"] / step["torch_sgd_step_ms"]
     assert "eval       speedup" in out.stdout
