@@ -188,9 +188,9 @@ def test_the_trials_sgd_is_fused_and_steps_as_torchs_default_sgd() -> None:
                                    torch.nn.Linear(8 * 6 * 6, 2))
 
     fused_model, plain_model = model(), model()
-    fused = build_sgd(fused_model, lr=0.1, momentum=0.9, weight_decay=1e-2, weight_decay_norm=0.0)
+    fused = build_sgd(fused_model, lr=0.01, momentum=0.9, weight_decay=1e-2, weight_decay_norm=0.0)
     plain = torch.optim.SGD(parameter_groups(plain_model, weight_decay=1e-2, weight_decay_norm=0.0),
-                            lr=0.1, momentum=0.9)
+                            lr=0.01, momentum=0.9)
     assert fused.defaults["fused"] and not plain.defaults["fused"]
     assert [g["weight_decay"] for g in fused.param_groups] == [1e-2, 0.0]
     x = torch.randn(4, 3, 8, 8)
@@ -200,5 +200,5 @@ def test_the_trials_sgd_is_fused_and_steps_as_torchs_default_sgd() -> None:
             m(x).square().mean().backward()
             opt.step()
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # equal to float rounding (the kernels sum in other orders)
     assert not torch.equal(fused_model[0].weight, model()[0].weight)  # it did train
