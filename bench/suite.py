@@ -147,6 +147,15 @@ def run_variant(variant: str, work: Path) -> float:
     return _steady(read_metrics(out))
 
 
+def _child_result(what: str, returncode: int, stdout: str, stderr: str) -> str:
+    """The payload of a child process's last `RESULT ` line; an error with its output's tail if it
+    failed or printed none."""
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if returncode or not lines:
+        raise RuntimeError(f"{what} failed (exit {returncode}):\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    return lines[-1][len("RESULT "):]
+
+
 def overhead(work: Path) -> dict[str, Any]:
     """Every variant in a fresh process with the same environment (OMP_NUM_THREADS=1), in
     `ROUNDS` interleaved rounds; each variant's rate is the median over rounds."""
@@ -165,10 +174,7 @@ def overhead(work: Path) -> dict[str, Any]:
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "--variant", variant, str(folder)], env=env,
                                   capture_output=True, text=True, timeout=900)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                raise RuntimeError(f"{variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-            rates[variant].append(float(lines[-1][7:]))
+            rates[variant].append(float(_child_result(variant, proc.returncode, proc.stdout, proc.stderr)))
             walls[variant].append(time.perf_counter() - start)
     out: dict[str, Any] = {"rounds": ROUNDS, "iterations_per_run": WINDOW * WINDOWS, "batch": BATCH}
     for variant in VARIANTS:
@@ -642,10 +648,7 @@ def levers(work: Path) -> dict[str, Any]:
             for job in jobs[first:first + slots]]
         for job, proc in running:
             stdout, stderr = proc.communicate()
-            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"lever {job}: exit {proc.returncode}\n{stderr[-2000:]}")
-            results.append(json.loads(lines[-1][7:]))
+            results.append(json.loads(_child_result(f"lever {job}", proc.returncode, stdout, stderr)))
             print(f"  {job[0]:13s} seed {job[1]}: {results[-1]['iterations']} it, bbox AP "
                   f"{results[-1]['bbox_AP']:.1f}, eval {results[-1]['eval_s']:.1f} s", flush=True)
     out: dict[str, Any] = {"budget_s": 3.0 if QUICK else LEVER_SECONDS, "runs": results}
@@ -728,10 +731,8 @@ def step(work: Path) -> dict[str, Any]:
             proc = subprocess.run([sys.executable, __file__, "--step", variant, str(work),
                                    *(["--quick"] if QUICK else [])], env=env, capture_output=True, text=True,
                                   timeout=900, cwd=REPO)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                raise RuntimeError(f"step {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-            runs.append({"round": round_, **json.loads(lines[-1][7:])})
+            runs.append({"round": round_,
+                         **json.loads(_child_result(f"step {variant}", proc.returncode, proc.stdout, proc.stderr))})
             print(f"  round {round_} {variant:12s} {runs[-1]['step_ms']:.1f} ms/step", flush=True)
     out: dict[str, Any] = {"rounds": ROUNDS, "batch": BATCH, "runs": runs}
     for variant in STEP_VARIANTS:
