@@ -200,5 +200,5 @@ def test_the_trials_sgd_is_fused_and_steps_as_torchs_default_sgd() -> None:
             m(x).square().mean().backward()
             opt.step()
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # equal to float rounding (the kernels sum in other orders)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same update, to float rounding
     assert not torch.equal(fused_model[0].weight, model()[0].weight)  # it did train
