@@ -6,7 +6,8 @@
     study pretrain --out CKPT       pre-train a backbone as a classifier (the ImageNet stage)
     study run [SPACE.yaml]          run a whole study on Ray Tune (default: search_spaces/default.yaml)
     study plan SPACE.yaml           what a study trains: cells, trials, iterations, GPU-hours
-    study analyze RUN_DIR           tables, figures and a report of a study's results
+    study analyze RUN_DIR [...]     tables, figures and a report of a study's results (several runs
+                                    of one study with different seeds: judged as one)
     study trial SPACE.yaml --set K=V  run exactly one trial (Ray Train, or --no-ray)
     study config SPACE.yaml         validate a study file and print it resolved
 
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,20 +195,31 @@ def _print_summary(summary: str, report: str) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.tol is not None and args.tol <= 0:
         raise ConfigError("--tol", f"{args.tol!r} must be > 0 (AP)")
-    from study.tune.storage import analyze_stored, is_uri, open_run
+    from study.tune.storage import analyze_stored, fetch_run, is_uri, open_run
 
-    if is_uri(args.run_dir):  # shared storage: copy the metric logs (not the checkpoints) here
-        store, name = open_run(args.run_dir)
+    if len(args.run_dir) == 1 and is_uri(args.run_dir[0]):  # shared storage: copy the metric logs here
+        store, name = open_run(args.run_dir[0])
         out = (args.out or Path(f"{name}-report")).resolve()
         _print_summary(*analyze_stored(store, name, out=out, tol=args.tol))
         return 0
     from study.analysis.report import write_report
 
-    run_dir = Path(args.run_dir).resolve()
-    if not (run_dir / layout.TRIALS).is_dir():
-        raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no {layout.TRIALS}/ folder): pass "
-                                     "STORAGE/NAME, e.g. runs/default")
-    report, summary = write_report(run_dir, (args.out or run_dir / layout.REPORT).resolve(), tol=args.tol)
+    if len(args.run_dir) > 1 and args.out is None:
+        raise ConfigError("--out", "pooling several runs needs a report folder of its own: pass --out DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dirs = []
+        for i, location in enumerate(args.run_dir):
+            if is_uri(location):  # each run's metric logs (not its checkpoints) copied here
+                store, name = open_run(location)
+                run_dirs.append(fetch_run(store, name, Path(tmp) / str(i) / name))
+                continue
+            run_dir = Path(location).resolve()
+            if not (run_dir / layout.TRIALS).is_dir():
+                raise ConfigError("RUN_DIR", f"{run_dir} is not a study run (no {layout.TRIALS}/ folder): "
+                                             "pass STORAGE/NAME, e.g. runs/default")
+            run_dirs.append(run_dir)
+        out = (args.out or run_dirs[0] / layout.REPORT).resolve()
+        report, summary = write_report(run_dirs, out, tol=args.tol)
     _print_summary(summary, str(report))
     return 0
 
@@ -366,10 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Read RUN_DIR/{layout.TRIALS}/*/{layout.METRICS} (no Ray needed) and write report.md, a "
                     "self-contained report.html, claims.json (the paper's claims with 95% intervals "
                     "over paired seeds and a verdict each), the figures and results.parquet/.csv; "
-                    "print the summary. Works on a run still in progress (partial results, stated as such).")
-    analyze.add_argument("run_dir", help="a study run: STORAGE/NAME, e.g. runs/default or s3://bucket/runs/NAME")
+                    "print the summary. Works on a run still in progress (partial results, stated as such). "
+                    "Several runs of the same study with different seeds (a second seed set run later "
+                    "under another name) are judged as one: their paired seeds pooled.")
+    analyze.add_argument("run_dir", nargs="+",
+                         help="a study run: STORAGE/NAME, e.g. runs/default or s3://bucket/runs/NAME; "
+                              "several runs of one study with different seeds are judged as one "
+                              "(their configs may differ only in name, grid.seeds and resources)")
     analyze.add_argument("--out", type=Path, default=None,
-                         help="report folder (default RUN_DIR/report; NAME-report here for a URI)")
+                         help="report folder (default RUN_DIR/report; NAME-report here for a URI; "
+                              "required for several runs)")
     analyze.add_argument("--tol", type=float, default=None,
                          help="narrow the catch-up margin to this many AP (it cannot widen the study "
                               "file's analysis.margin, nor its cap: max(1.5, 5%% of pretrained's AP), and "

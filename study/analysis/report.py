@@ -5,6 +5,7 @@ seeds, 95% intervals, a verdict each, the rule beside it; also written as `claim
 in sentences only what the intervals support, then the tables, the figures, what the run used
 (hardware, time) and its config. It works on a run still in progress: the header
 says how many of the planned trials have finished, and only finished trials enter the numbers.
+Several runs of one study with different seeds are reported as one (`study.analysis.pooling`).
 """
 
 from __future__ import annotations
@@ -12,40 +13,49 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from study import layout
 from study.analysis import claims, figures, tables
+from study.analysis.pooling import pool_runs
 from study.analysis.results import export_results, final_rows, load_results, read_decisions, run_config
 from study.config import AnalysisConfig, StudyConfig, study_from_dict
+from study.errors import ConfigError
 from study.plan.budget import plan_study
 from study.plan.halving import Decision
 from study.plan.schedule import schedule_for
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
+def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
                  tol: float | None = None) -> tuple[Path, str]:
     """Write report.md, report.html, claims.json, results.parquet/.csv and the figures; returns
     report.md's path and the short summary (`summary`: the same results and verdicts). `tol`
-    narrows the catch-up margin (it cannot widen it)."""
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / layout.REPORT
+    narrows the catch-up margin (it cannot widen it).
+
+    Several run folders are judged as one study (`study.analysis.pooling`: the same study with
+    different seeds); their report needs `out_dir`, since it belongs to none of them."""
+    dirs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(d) for d in run_dir]
+    if len(dirs) > 1 and out_dir is None:
+        raise ConfigError("--out", "several runs pooled need a report folder of their own")
+    out = Path(out_dir) if out_dir is not None else dirs[0] / layout.REPORT
     out.mkdir(parents=True, exist_ok=True)
-    df = load_results(run_dir)
+    pooled = pool_runs(dirs) if len(dirs) > 1 else None
+    df = pooled.results if pooled else load_results(dirs[0])
     export_results(df, out)
-    raw = run_config(run_dir)
+    raw = pooled.config if pooled else run_config(dirs[0])
     cfg = study_from_dict(raw) if raw else None
-    info = layout.read_run_info(run_dir)
     found, omitted = _judge(df, cfg, tol)
     claims.write_claims(found, out)
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
     planned = plan_study(cfg).trials_run if cfg else None
-    decisions = read_decisions(run_dir)
+    decisions = [d for run in dirs for d in read_decisions(run)]
     state = ("complete" if planned is not None and ended >= planned and ended == len(finals)
              else f"partial: {ended} of {planned if planned is not None else '?'} planned trials ended")
     sections: list[tuple[str, Any]] = []  # (title, str | list[str] | DataFrame | Path)
@@ -85,13 +95,21 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
             ("Samples seen", figures.samples_bars(df, out / "samples_seen.png")),
             ("LR sensitivity", figures.lr_curves(df, out / "lr_sensitivity.png")),
         ]
-    sections.append(("Run", _run_text(info, df)))
-    sections.append((f"Config ({layout.STUDY_FILE})", (run_dir / layout.STUDY_FILE).read_text()
-                     if (run_dir / layout.STUDY_FILE).is_file() else "not saved"))
-    title = f"Study {raw.get('name', run_dir.name)}: scratch vs pretrained ({state})"
+    if pooled:
+        sections.append(("Runs", [pooled.describe() + "."] + [
+            f"{name}: " + _run_text(layout.read_run_info(d), df[df["run"] == name]).replace("\n", "; ")
+            for name, d in zip(pooled.seeds, dirs)]))
+        sections.append(("Config (the runs' shared study, their seeds joined)", yaml.safe_dump(raw, sort_keys=False)))
+    else:
+        sections.append(("Run", _run_text(layout.read_run_info(dirs[0]), df)))
+        sections.append((f"Config ({layout.STUDY_FILE})", (dirs[0] / layout.STUDY_FILE).read_text()
+                         if (dirs[0] / layout.STUDY_FILE).is_file() else "not saved"))
+    state += f", {len(dirs)} runs pooled" if pooled else ""
+    title = f"Study {raw.get('name', dirs[0].name)}: scratch vs pretrained ({state})"
     (out / "report.md").write_text(_markdown(title, sections))
     (out / "report.html").write_text(_html(title, sections))
-    return out / "report.md", _summary(df, found, omitted, decisions=decisions)
+    text = _summary(df, found, omitted, decisions=decisions)
+    return out / "report.md", (f"{pooled.describe()}\n\n{text}" if pooled else text)
 
 
 def _judge(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None) -> tuple[list[claims.Claim], list[str]]:
