@@ -430,6 +430,8 @@ def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
 
 ONE_SEED = ("With 1 seed there is no interval, so a claim judged on one seed is INCONCLUSIVE: list "
             "more grid.seeds to judge it")
+MORE_SEEDS = ("More seeds need not mean a new study: run the same study file again under another name "
+              "with other grid.seeds, then `study analyze RUN RUN2 --out DIR` judges both runs' seeds together")
 
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:

@@ -163,7 +163,8 @@ def _findings(found: list[claims.Claim], omitted: list[str]) -> list[str]:
     """One sentence per claim (a claim is stated only when SUPPORTED or CONTRADICTED), then what
     could not be judged, once each."""
     one = [claims.ONE_SEED + "."] if any(c.n_seeds == 1 for c in found) else []
-    return [claims.sentence(c) for c in found] + one + [f"Not judged: {line}." for line in omitted]
+    more = [claims.MORE_SEEDS + "."] if any(c.verdict == "INCONCLUSIVE" and c.n_seeds >= 2 for c in found) else []
+    return [claims.sentence(c) for c in found] + one + more + [f"Not judged: {line}." for line in omitted]
 
 
 def _run_text(info: layout.RunInfo | None, df: pd.DataFrame) -> str:

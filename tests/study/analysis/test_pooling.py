@@ -84,7 +84,8 @@ def test_study_analyze_judges_two_seed_sets_as_one(tmp_path: Path, capsys: pytes
     assert main(["analyze", str(a), "--out", str(tmp_path / "alone")]) == 0
     alone = {c["claim"]: c for c in json.loads((tmp_path / "alone" / "claims.json").read_text())}
     assert alone["faster_early"]["n_seeds"] == 2 and alone["faster_early"]["verdict"] == "INCONCLUSIVE"
-    capsys.readouterr()
+    assert "run the same study file again under another name with other grid.seeds, then `study analyze RUN " \
+           "RUN2 --out DIR`" in capsys.readouterr().out  # an INCONCLUSIVE verdict says how to add seeds
 
     assert main(["analyze", str(a), str(b), "--out", str(tmp_path / "pooled")]) == 0
     printed = capsys.readouterr().out
@@ -94,6 +95,7 @@ def test_study_analyze_judges_two_seed_sets_as_one(tmp_path: Path, capsys: pytes
     assert early["n_seeds"] == 4 and early["gap"] == pytest.approx(4.0) and early["verdict"] == "SUPPORTED"
     assert early["ci_low"] == pytest.approx(4.0 - 3.182446 * pd.Series([6, 2, 5, 3]).std() / 2, abs=1e-4)
     assert found["catches_up"]["gap"] == pytest.approx(0.0) and found["catches_up"]["n_seeds"] == 4
+    assert "study analyze RUN RUN2" not in printed  # every claim settled: no hint
     md = (tmp_path / "pooled" / "report.md").read_text()
     assert md.startswith("# Study a: scratch vs pretrained (complete, 2 runs pooled)")  # 8 of 8 planned
     assert "seeds:\n  - 0\n  - 1\n  - 2\n  - 3\n" in md  # the shared config with the seeds joined
