@@ -24,7 +24,9 @@ Per training-set size:
 - `overfits` (each arm with two schedules or more): the fall from the arm's best shorter schedule
   to its longest. SUPPORTED if the fall's interval lies above 0, CONTRADICTED if below 0.
 
-Anything else is INCONCLUSIVE, and the sentence says how many seeds would resolve a 1 AP gap.
+Anything else is INCONCLUSIVE, and the sentence says how many seeds would resolve a 1 AP gap (and,
+for a directional claim whose gap is wider, how many would put the interval clear of 0 if the gap
+stayed where it is).
 """
 
 from __future__ import annotations
@@ -404,9 +406,16 @@ def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
         target = claim.margin if claim.claim == "catches_up" and claim.margin else RESOLVE_AP
         goal = (f"narrow the interval to the ±{target:g} AP margin" if claim.claim == "catches_up"
                 else f"resolve a {target:g} AP gap")
-        need = seeds_to_resolve(claim.se * math.sqrt(claim.n_seeds), target)
+        sd = claim.se * math.sqrt(claim.n_seeds)
+        need = seeds_to_resolve(sd, target)
         more = (f"with this spread about {max(need, claim.n_seeds + 1)} seeds would {goal}" if need
                 else f"with this spread no practical number of seeds would {goal}")
+        # a directional claim with a gap wider than 1 AP is decided by excluding 0, which takes fewer
+        clear = seeds_to_resolve(sd, abs(claim.gap)) if claim.claim != "catches_up" and abs(claim.gap) > target \
+            else None
+        if clear:
+            more = (f"with this spread about {max(clear, claim.n_seeds + 1)} seeds would put the interval clear of "
+                    f"0 if the gap stays near {claim.gap:+.1f} ({more.removeprefix('with this spread ')})")
         return f"{who}: INCONCLUSIVE: the gap is {claim.gap:+.1f} AP {iv}; {more}."
     yes = claim.verdict == "SUPPORTED"
     if claim.claim == "faster_early":

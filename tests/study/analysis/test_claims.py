@@ -3,10 +3,12 @@ intervals checked by hand, each verdict, a diverged seed left out, one seed alwa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from study.analysis import claims
@@ -123,6 +125,14 @@ def test_noisy_seeds_are_inconclusive_and_say_what_would_resolve_them(run: Path)
     assert claims.sentence(noisy) == (
         f"faster_early on 100 images: INCONCLUSIVE: the gap is +0.5 AP (95% interval {iv.low:+.1f} to "
         f"{iv.high:+.1f}, 4 seeds); with this spread about {need} seeds would resolve a 1 AP gap.")
+    # a wide, noisy early gap (three seeds' gaps +20, +2 and +9 AP: sd 9.07) is settled by excluding 0,
+    # which takes 6 seeds if the gap stays near +10.3 (t(0.975, 5) x 9.07 / sqrt(6) = 9.5 < 10.3; with
+    # 5 seeds, 11.3); resolving a 1 AP gap would take 319
+    wide = dataclasses.replace(noisy, n_seeds=3, gap=10.333, se=float(np.std([20, 2, 9], ddof=1)) / math.sqrt(3))
+    assert seeds_to_resolve(wide.se * math.sqrt(3), 10.333) == 6
+    assert claims.sentence(wide).endswith(
+        "with this spread about 6 seeds would put the interval clear of 0 if the gap stays near +10.3 (about "
+        "319 seeds would resolve a 1 AP gap).")
 
 
 def test_small_data_and_overfitting(run: Path) -> None:
