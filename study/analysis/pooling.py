@@ -20,6 +20,7 @@ import pandas as pd
 
 from study.analysis.results import load_results, run_config
 from study.errors import ConfigError
+from study.layout import read_run_info
 
 MAY_DIFFER = ("name", "grid.seeds", "resources")
 
@@ -32,10 +33,29 @@ class PooledRuns:
     results: pd.DataFrame
     config: dict[str, Any]
     seeds: dict[str, list[int]]  # run name -> its seeds, in the order given
+    caveat: str | None = None  # what differs between the runs that the config does not show
 
     def describe(self) -> str:
-        return "pooled from " + "; ".join(f"{name} (seeds {', '.join(map(str, s))})"
+        text = "pooled from " + "; ".join(f"{name} (seeds {', '.join(map(str, s))})"
                                           for name, s in self.seeds.items())
+        return f"{text}\n{self.caveat}" if self.caveat else text
+
+
+def precision_caveat(config: Mapping[str, Any], machines: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """A warning when `precision: auto` meant bf16 in some runs and fp32 in others: CPU trials on
+    machines with and without native bf16 (as each run recorded its machine; runs that did not
+    record it are not judged)."""
+    on_cpu = not config.get("resources", {}).get("gpus_per_worker")
+    if not on_cpu or config.get("solver", {}).get("precision", "auto") != "auto":
+        return None
+    kinds = {name: m["cpu_native_bf16"] for name, m in machines.items() if "cpu_native_bf16" in m}
+    if len(set(kinds.values())) < 2:
+        return None
+    bf16 = [name for name, native in kinds.items() if native]
+    fp32 = [name for name, native in kinds.items() if not native]
+    return (f"Caveat: solver.precision is auto, and the runs trained in different precisions: bf16 in "
+            f"{', '.join(bf16)} (a CPU with native bf16), fp32 in {', '.join(fp32)}; the pooled interval "
+            "mixes the two")
 
 
 def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -100,5 +120,7 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> PooledRuns:
     frames = [load_results(d).assign(run=name) for name, d in zip(names, dirs)]
     frames = [f for f in frames if len(f)]
     results = pd.concat(frames, ignore_index=True) if frames else load_results(dirs[0]).assign(run=names[0])
+    machines = {name: info.machine for name, d in zip(names, dirs) if (info := read_run_info(d)) is not None}
     return PooledRuns(results=results, config=config,
-                      seeds={name: list(configs[name]["grid"]["seeds"]) for name in names})
+                      seeds={name: list(configs[name]["grid"]["seeds"]) for name in names},
+                      caveat=precision_caveat(config, machines))

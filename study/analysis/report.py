@@ -96,7 +96,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
             ("LR sensitivity", figures.lr_curves(df, out / "lr_sensitivity.png")),
         ]
     if pooled:
-        sections.append(("Runs", [pooled.describe() + "."] + [
+        sections.append(("Runs", [line + "." for line in pooled.describe().splitlines()] + [
             f"{name}: " + _run_text(layout.read_run_info(d), df[df["run"] == name]).replace("\n", "; ")
             for name, d in zip(pooled.seeds, dirs)]))
         sections.append(("Config (the runs' shared study, their seeds joined)", yaml.safe_dump(raw, sort_keys=False)))

@@ -25,6 +25,15 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it ('' where it does not)."""
+    info = Path("/proc/cpuinfo")
+    for line in (info.read_text() if info.is_file() else "").splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return ""
+
+
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

@@ -141,8 +141,11 @@ def machine() -> dict[str, Any]:
     """What this process runs on, for run.json and the report."""
     import torch
 
+    from study.train.precision import cpu_has_native_bf16, cpu_model
+
     info: dict[str, Any] = {"host": platform.node(), "platform": platform.platform(),
                             "python": platform.python_version(), "cpus": os.cpu_count(),
+                            "cpu": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(),
                             "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

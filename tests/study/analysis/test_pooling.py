@@ -116,3 +116,23 @@ def test_a_seed_set_on_shared_storage_pools_with_a_local_one(tmp_path: Path, s3_
     assert main(["analyze", str(_run(tmp_path / "a", [0, 1])), remote, "--out", str(tmp_path / "pooled")]) == 0
     found = {c["claim"]: c for c in json.loads((tmp_path / "pooled" / "claims.json").read_text())}
     assert found["faster_early"]["n_seeds"] == 4 and found["faster_early"]["verdict"] == "SUPPORTED"
+
+
+def test_runs_on_cpus_with_and_without_native_bf16_carry_a_caveat(tmp_path: Path) -> None:
+    """`precision: auto` is bf16 on one kind of CPU and fp32 on the other: the pooled report says so."""
+    from study import layout
+    from study.analysis.pooling import precision_caveat
+
+    a, b = _run(tmp_path / "a", [0, 1]), _run(tmp_path / "b", [2, 3])
+    for run, native in ((a, True), (b, False)):
+        info = layout.RunInfo(started="", finished="", seconds=1.0, machine={"cpus": 2, "cpu_native_bf16": native})
+        (run / layout.RUN_INFO).write_text(info.to_json())
+    pooled = pool_runs([a, b])
+    assert pooled.describe().splitlines()[1] == (
+        "Caveat: solver.precision is auto, and the runs trained in different precisions: bf16 in a (a CPU "
+        "with native bf16), fp32 in b; the pooled interval mixes the two")
+    both = {"a": {"cpu_native_bf16": True}, "b": {"cpu_native_bf16": True}}
+    assert precision_caveat(pooled.config, both) is None  # the same kind of CPU
+    assert precision_caveat({"solver": {"precision": "fp32"}}, {"a": {"cpu_native_bf16": True},
+                                                               "b": {"cpu_native_bf16": False}}) is None
+    assert precision_caveat(pooled.config, {"a": {"cpu_native_bf16": True}, "b": {}}) is None  # not recorded
