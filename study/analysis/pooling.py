@@ -20,7 +20,7 @@ import pandas as pd
 
 from study.analysis.results import load_results, run_config
 from study.errors import ConfigError
-from study.layout import read_run_info
+from study.layout import RunInfo, read_run_info
 
 MAY_DIFFER = ("name", "grid.seeds", "resources")
 
@@ -33,6 +33,7 @@ class PooledRuns:
     results: pd.DataFrame
     config: dict[str, Any]
     seeds: dict[str, list[int]]  # run name -> its seeds, in the order given
+    infos: dict[str, RunInfo | None]  # run name -> its run.json (None where it wrote none)
     caveat: str | None = None  # what differs between the runs that the config does not show
 
     def describe(self) -> str:
@@ -118,9 +119,9 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> PooledRuns:
         configs[name] = raw
     config = pool_configs(configs)
     frames = [load_results(d).assign(run=name) for name, d in zip(names, dirs)]
-    frames = [f for f in frames if len(f)]
-    results = pd.concat(frames, ignore_index=True) if frames else load_results(dirs[0]).assign(run=names[0])
-    machines = {name: info.machine for name, d in zip(names, dirs) if (info := read_run_info(d)) is not None}
+    results = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    infos = {name: read_run_info(d) for name, d in zip(names, dirs)}
+    machines = {name: info.machine for name, info in infos.items() if info is not None}
     return PooledRuns(results=results, config=config,
-                      seeds={name: list(configs[name]["grid"]["seeds"]) for name in names},
+                      seeds={name: list(configs[name]["grid"]["seeds"]) for name in names}, infos=infos,
                       caveat=precision_caveat(config, machines))

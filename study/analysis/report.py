@@ -97,8 +97,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
         ]
     if pooled:
         sections.append(("Runs", [line + "." for line in pooled.describe().splitlines()] + [
-            f"{name}: " + _run_text(layout.read_run_info(d), df[df["run"] == name]).replace("\n", "; ")
-            for name, d in zip(pooled.seeds, dirs)]))
+            f"{name}: " + _run_text(info, df[df["run"] == name]).replace("\n", "; ")
+            for name, info in pooled.infos.items()]))
         sections.append(("Config (the runs' shared study, their seeds joined)", yaml.safe_dump(raw, sort_keys=False)))
     else:
         sections.append(("Run", _run_text(layout.read_run_info(dirs[0]), df)))
