@@ -536,6 +536,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "detections50": {"profile": {"detections_per_image": 50}},
 }
 LEVER_SECONDS, LEVER_LR, LEVER_SEEDS = 60.0, 0.05, (0, 1)  # training budget per run; LR at batch 4
+QUICK_LEVER_SECONDS, QUICK_LEVER_ITERATIONS = 1.0, 6  # --quick: each lever trains and evaluates, briefly
 
 
 def _lever_storage(work: Path) -> Path:
@@ -586,7 +587,7 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
     train, val = trial_datasets(cfg, Size(40 if QUICK else 1000), storage / "data")
     mr.DETECTOR_PROFILES["lever"] = dataclasses.replace(mr.DETECTOR_PROFILES["tiny"], **lever.get("profile", {}))
     batch, bf16 = lever.get("batch", 4), lever.get("bf16", False)
-    budget = 3.0 if QUICK else LEVER_SECONDS
+    budget = QUICK_LEVER_SECONDS if QUICK else LEVER_SECONDS
 
     def build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(seed)
@@ -605,16 +606,16 @@ def run_lever(name: str, seed: int, work: Path) -> dict[str, Any]:
 
     probe, probe_opt = build()  # the timing probe: its own model, thrown away
     times = []
-    for images, targets in batches(8):
+    for images, targets in batches(5 if QUICK else 8):
         start = time.perf_counter()
         train_step(probe, images, targets, probe_opt, bf16=bf16)
         times.append(time.perf_counter() - start)
     s_per_iter = statistics.median(times[3:])
-    iterations = max(12 if QUICK else 20, int(budget / s_per_iter))
+    iterations = max(QUICK_LEVER_ITERATIONS if QUICK else 20, int(budget / s_per_iter))
     # the default study's shape: warm-up 5/90 of the run, LR drops at 75/90 and 84/90
     solver = SolverConfig(base_lr=LEVER_LR * batch / 4, ims_per_batch=batch, unit_iters=iterations,
                           warmup_iters=max(1, iterations * 5 // 90),
-                          drops_before_end=(max(1, iterations * 15 // 90), max(1, iterations * 6 // 90)))
+                          drops_before_end=(max(2, iterations * 15 // 90), max(1, iterations * 6 // 90)))
     schedule = schedule_for(1, solver)
     if lever.get("compile"):
         torch._dynamo.reset()  # the run compiles afresh (the children run with inductor's caches off)
@@ -651,7 +652,7 @@ def levers(work: Path) -> dict[str, Any]:
             results.append(json.loads(_child_result(f"lever {job}", proc.returncode, stdout, stderr)))
             print(f"  {job[0]:13s} seed {job[1]}: {results[-1]['iterations']} it, bbox AP "
                   f"{results[-1]['bbox_AP']:.1f}, eval {results[-1]['eval_s']:.1f} s", flush=True)
-    out: dict[str, Any] = {"budget_s": 3.0 if QUICK else LEVER_SECONDS, "runs": results}
+    out: dict[str, Any] = {"budget_s": QUICK_LEVER_SECONDS if QUICK else LEVER_SECONDS, "runs": results}
     for name in LEVERS:
         rows = [r for r in results if r["lever"] == name]
         for key in ("iterations", "train_s", "eval_s", "bbox_AP", "segm_AP"):

@@ -1,7 +1,7 @@
 """A worker node lost mid-trial, for real: a Ray cluster of three nodes on this machine
 (`ray.cluster_utils.Cluster`: a head with no CPUs for trials, and two 1-CPU worker nodes, each
-with its own local folder, STUDY_LOCAL_DIR), the study's storage on shared storage: a `file://`
-URI, and the S3 stand-in. After a trial's first checkpoint has reached the storage, the node it runs on
+with its own local folder, STUDY_LOCAL_DIR), the study's storage on shared storage: the S3
+stand-in for one-worker trials, a `file://` URI for the multi-worker one. After a trial's first checkpoint has reached the storage, the node it runs on
 is removed (all its processes killed: raylet, object store, workers) and its local folder
 deleted, as a spot node that goes away takes its disk with it. The trial is retried on the
 surviving node, resumes from its checkpoint in the shared storage, and ends with every evaluation
@@ -27,11 +27,14 @@ from study.plan.trials import Size, Trial
 from study.tune.storage import Store, pull_files
 from tests.conftest import REPO, assert_same_curve
 
+# A checkpoint (94 MB: the tiny detector and its momentum) at every evaluation, every EVERY
+# iterations: 4 per trial, each sent through the store
+EVERY = 6
 SPACE = """\
 name: node
 data: {source: synthetic, synthetic: {train_images: 24, val_images: 8, image_size: 64}}
 model: {backbone: resnet18, norm: gn, profile: tiny, min_size: 64, max_size: 64}
-solver: {base_lr: 0.01, ims_per_batch: 2, unit_iters: 12, drops_before_end: [6, 2], warmup_iters: 1, eval_period: 3}
+solver: {base_lr: 0.01, ims_per_batch: 2, unit_iters: 12, drops_before_end: [6, 2], warmup_iters: 1, eval_period: 6}
 grid: {init: [scratch], schedule: [2], train_images: [16], seeds: [0]}
 lr: {values: [0.01, 0.02]}
 resources: {workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2, max_failures: 1}
@@ -128,7 +131,7 @@ def _assert_resumed_once(out: str, name: str, rows_at_loss: list[dict]) -> None:
     before if the node went between a row and its checkpoint)."""
     last = rows_at_loss[-1]["iteration"]
     assert (f"{name}: resuming from the checkpoint of iteration {last}" in out
-            or f"{name}: resuming from the checkpoint of iteration {last - 3}" in out), out[-5000:]
+            or f"{name}: resuming from the checkpoint of iteration {last - EVERY}" in out), out[-5000:]
 
 
 def _lose_a_node_when(study: subprocess.Popen, store: Store, seen: Path,
@@ -143,7 +146,7 @@ def _lose_a_node_when(study: subprocess.Popen, store: Store, seen: Path,
                 lose()
                 study.wait(timeout=400)
                 return started
-            time.sleep(0.05)
+            time.sleep(0.25)  # each look copies the trials' logs from the store: not too often
         return []
     finally:
         if study.poll() is None:
@@ -151,13 +154,11 @@ def _lose_a_node_when(study: subprocess.Popen, store: Store, seen: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shared", ["file", "s3"])
 def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(
-        shared: str, tmp_path: Path, monkeypatch, request) -> None:
+        tmp_path: Path, monkeypatch, s3_uri: str) -> None:
     space = tmp_path / "node.yaml"
     space.write_text(SPACE)
-    # the S3 stand-in's credentials are in the environment before the nodes start: they inherit them
-    uri = f"file://{tmp_path}/store" if shared == "file" else request.getfixturevalue("s3_uri")
+    uri = s3_uri  # its credentials are in the environment before the nodes start: they inherit them
     store = Store(uri)
     cluster = LocalCluster(tmp_path, monkeypatch)
     killed_at: dict[str, list[dict]] = {}
@@ -194,7 +195,7 @@ def test_a_trial_whose_node_is_lost_resumes_on_another_from_shared_storage(
         train_trial(cfg, Trial(init="scratch", schedule=2, base_lr=rows[-1]["base_lr"], seed=0, size=Size(16)),
                     out_dir=alone, data_root=tmp_path / "data")
         assert rows[-1]["status"] == "finished"
-        assert_same_curve(rows, layout.read_metrics(alone), list(range(3, 25, 3)), what=trial_dir.name)
+        assert_same_curve(rows, layout.read_metrics(alone), list(range(EVERY, 25, EVERY)), what=trial_dir.name)
         assert sorted(layout.read_checksums(trial_dir)) == [layout.CHECKPOINT]
 
 
@@ -242,4 +243,4 @@ def test_a_multi_worker_trial_that_loses_a_worker_node_restarts_its_group_and_re
     trials = _copy_trials(store, tmp_path / "final")
     rows = layout.read_metrics(trials / name)
     assert rows[-1]["status"] == "finished"
-    assert_same_curve(rows, layout.read_metrics(tmp_path / "alone"), list(range(3, 25, 3)), tol=1e-3, what=name)
+    assert_same_curve(rows, layout.read_metrics(tmp_path / "alone"), list(range(EVERY, 25, EVERY)), tol=1e-3, what=name)
