@@ -1,9 +1,9 @@
 """A worker node lost mid-trial, for real: a Ray cluster of three nodes on this machine
 (`ray.cluster_utils.Cluster`: a head with no CPUs for trials, and two 1-CPU worker nodes, each
 with its own local folder, STUDY_LOCAL_DIR), the study's storage on shared storage: the S3
-stand-in for one-worker trials, a `file://` URI for the multi-worker one. After a trial's first checkpoint has reached the storage, the node it runs on
-is removed (all its processes killed: raylet, object store, workers) and its local folder
-deleted, as a spot node that goes away takes its disk with it. The trial is retried on the
+stand-in for one-worker trials, a `file://` URI for the multi-worker one. After a trial's first
+checkpoint has reached the storage, the node it runs on is removed (all its processes killed:
+raylet, object store, workers) and its local folder deleted, as a spot node that goes away takes its disk with it. The trial is retried on the
 surviving node, resumes from its checkpoint in the shared storage, and ends with every evaluation
 row once and the metrics of an uninterrupted run; the study's other trial is not touched."""
 
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from study import layout
 from study.config import load_study
@@ -27,9 +28,6 @@ from study.plan.trials import Size, Trial
 from study.tune.storage import Store, pull_files
 from tests.conftest import REPO, assert_same_curve
 
-# A checkpoint (94 MB: the tiny detector and its momentum) at every evaluation, every EVERY
-# iterations: 4 per trial, each sent through the store
-EVERY = 6
 SPACE = """\
 name: node
 data: {source: synthetic, synthetic: {train_images: 24, val_images: 8, image_size: 64}}
@@ -39,6 +37,9 @@ grid: {init: [scratch], schedule: [2], train_images: [16], seeds: [0]}
 lr: {values: [0.01, 0.02]}
 resources: {workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2, max_failures: 1}
 """
+# A checkpoint (94 MB: the tiny detector and its momentum) at every evaluation, every EVERY
+# iterations: 4 per trial, each sent through the store
+EVERY = yaml.safe_load(SPACE)["solver"]["eval_period"]
 # GCS declares a node dead after 3 missed health checks, 1 s apart (Ray's default is 5 of 3 s)
 HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
