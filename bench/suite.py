@@ -23,10 +23,12 @@ Parts:
             images per batch, wider heads, more RoIs, more detections kept for evaluation; bbox AP
             at that budget, per CPU-minute, and the evaluation's seconds per point
   step      one trial step and one evaluation with the trial loop's CPU levers added one at a time:
-            torch's default SGD -> fused SGD -> tiny maps as unfold + matmul (models.small_convs);
-            evaluation in fp32 and in bf16.
-            The default study's detector and data, one thread, each variant in a fresh process,
-            interleaved rounds
+            torch's default SGD -> fused SGD -> tiny maps as unfold + matmul (models.small_convs)
+            -> RoIAlign's backward as matrix products (models.roi_align); evaluation in fp32 and
+            in bf16. The default study's detector and data, one thread, each variant in a fresh
+            process, interleaved rounds
+  roi_pair  the last step lever paired in one process: blocks of steps of the same model,
+            alternating torchvision's RoIAlign and models.roi_align's; the median per-pair ratio
   ray       Ray's fixed cost: per Tune trial (actors reused or not) and per Ray Train run with a
             trivial loop (median of 3; its health-check interval at our 0.25 s and at Ray's 2 s)
   study     (with --study RUN_DIR) a finished `study run`'s phases and its trials' train / eval /
@@ -665,15 +667,17 @@ def levers(work: Path) -> dict[str, Any]:
 # --- step ---------------------------------------------------------------------------------------
 
 # Each adds one lever to the one before it; the last is what a trial runs.
-STEP_VARIANTS = ("torch_sgd", "fused_sgd", "small_maps")
+STEP_VARIANTS = ("torch_sgd", "fused_sgd", "small_maps", "roi_matmul")
 STEP_WARMUP, STEP_TIMED = 10, 40
+PAIR_BLOCKS, PAIR_STEPS = 30, 5  # run_roi_pair: 30 blocks of 5 steps per RoIAlign
 
 
-def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
-    """One step variant, in this (fresh, one-thread) process: ms per training step (the default
-    study's detector, scratch, batch 4, its precision) and seconds to predict its val set in fp32
-    and in bf16 (bf16 only where the CPU has it natively)."""
+def _step_setup(levers: tuple[str, ...], work: Path, batches: int) -> tuple[Any, ...]:
+    """The default study's detector (scratch) with `levers` on, its optimizer, `batches` batches of
+    its data, its val set and its precision, in this (one-thread) process."""
     import dataclasses
+
+    from torchvision.ops import MultiScaleRoIAlign
 
     import models.small_convs as small_convs
     from models.init import init_scratch
@@ -683,10 +687,8 @@ def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
     from study.plan.trials import Size
     from study.train.build import build_detector, build_sgd, trial_datasets
     from study.train.precision import cpu_has_native_bf16
-    from study.train.steps import predict, train_step
 
     torch.set_num_threads(1)
-    levers = STEP_VARIANTS[:STEP_VARIANTS.index(variant) + 1]
     if "small_maps" not in levers:
         small_convs.MAX_POSITIONS = 0  # every conv through oneDNN
     cfg = load_study(REPO / "search_spaces" / "default.yaml")
@@ -695,6 +697,11 @@ def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
     train, val = trial_datasets(cfg, Size(200), work / "data")
     torch.manual_seed(0)
     model = build_detector(cfg, train.split.num_classes)
+    if "roi_matmul" not in levers:  # torchvision's RoIAlign kernel
+        for name in ("box_roi_pool", "mask_roi_pool"):
+            pool = getattr(model.roi_heads, name)
+            setattr(model.roi_heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size,
+                                                               pool.sampling_ratio))
     init_scratch(model)
     model.train()
     if "fused_sgd" in levers:
@@ -702,9 +709,19 @@ def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
     else:
         optimizer = torch.optim.SGD(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0),
                                     lr=0.04, momentum=0.9)
-    bf16 = cpu_has_native_bf16()
+    data = [collate([train[(i * BATCH + j) % len(train)] for j in range(BATCH)]) for i in range(batches)]
+    return model, optimizer, data, val, cpu_has_native_bf16()
+
+
+def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
+    """One step variant, in this (fresh, one-thread) process: ms per training step (the default
+    study's detector, scratch, batch 4, its precision) and seconds to predict its val set in fp32
+    and in bf16 (bf16 only where the CPU has it natively)."""
+    from study.train.steps import predict, train_step
+
     warmup, timed = (2, 4) if QUICK else (STEP_WARMUP, STEP_TIMED)
-    batches = [collate([train[(i * BATCH + j) % len(train)] for j in range(BATCH)]) for i in range(warmup + timed)]
+    levers = STEP_VARIANTS[:STEP_VARIANTS.index(variant) + 1]
+    model, optimizer, batches, val, bf16 = _step_setup(levers, work, warmup + timed)
     for images, targets in batches[:warmup]:
         train_step(model, images, targets, optimizer, bf16=bf16)
     start = time.perf_counter()
@@ -720,6 +737,36 @@ def run_step_variant(variant: str, work: Path) -> dict[str, Any]:
         predict(model, val, bf16=on)
         out[f"predict_{name}_s"] = time.perf_counter() - start
     return out
+
+
+def run_roi_pair(work: Path) -> dict[str, Any]:
+    """The last lever measured paired, in one process: the same model and optimizer train blocks of
+    `PAIR_STEPS` steps, alternating torchvision's RoIAlign and `models.roi_align`'s (which goes
+    first alternates too), so both see the same stage of training and the same state of the
+    machine. Returns each block's ms per step and the median of the per-pair ratios."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from study.train.steps import train_step
+
+    blocks, steps = (2, 1) if QUICK else (PAIR_BLOCKS, PAIR_STEPS)
+    model, optimizer, batches, _, bf16 = _step_setup(STEP_VARIANTS, work, STEP_WARMUP + blocks * steps)
+    ours = model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool
+    theirs = tuple(MultiScaleRoIAlign(p.featmap_names, p.output_size, p.sampling_ratio) for p in ours)
+    for images, targets in batches[:STEP_WARMUP]:
+        train_step(model, images, targets, optimizer, bf16=bf16)
+    ms: dict[str, list[float]] = {"torchvision": [], "matmul": []}
+    for block in range(blocks):
+        order = [("torchvision", theirs), ("matmul", ours)]
+        for name, pools in order if block % 2 == 0 else order[::-1]:
+            model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool = pools
+            start = time.perf_counter()
+            for images, targets in batches[STEP_WARMUP + block * steps:STEP_WARMUP + (block + 1) * steps]:
+                train_step(model, images, targets, optimizer, bf16=bf16)
+            ms[name].append(1000 * (time.perf_counter() - start) / steps)
+    ratios = [a / b for a, b in zip(ms["matmul"], ms["torchvision"])]
+    return {"blocks": blocks, "steps_per_block": steps, "torchvision_ms": ms["torchvision"], "matmul_ms": ms["matmul"],
+            "torchvision_median_ms": statistics.median(ms["torchvision"]),
+            "matmul_median_ms": statistics.median(ms["matmul"]), "matmul_vs_torchvision_median": statistics.median(ratios)}
 
 
 def step(work: Path) -> dict[str, Any]:
@@ -751,14 +798,23 @@ def step(work: Path) -> dict[str, Any]:
     return out
 
 
+def roi_pair(work: Path) -> dict[str, Any]:
+    """`run_roi_pair` in a fresh one-thread process."""
+    proc = subprocess.run([sys.executable, __file__, "--roi-pair", str(work), *(["--quick"] if QUICK else [])],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=1800, cwd=REPO)
+    return json.loads(_child_result("roi pair", proc.returncode, proc.stdout, proc.stderr))
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 
 QUICK = False  # --quick: smaller sizes, for the test that keeps this script working
-ROUNDS = 2
+DEFAULT_ROUNDS = ROUNDS = 2
 
 PARTS = {"overhead": overhead, "loader": loader, "forking": forking, "eval": evaluation, "ray": ray_costs,
-         "roofline": roofline, "levers": levers, "step": step}
+         "roofline": roofline, "levers": levers, "step": step,
+         "roi_pair": roi_pair}
 
 
 def main() -> None:
@@ -769,13 +825,16 @@ def main() -> None:
     p.add_argument("--study", type=Path, default=None, help="a finished study run to break down")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suite.json")
     p.add_argument("--quick", action="store_true", help="smaller sizes: checks that it runs, measures little")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"interleaved rounds of the overhead and step parts (default {DEFAULT_ROUNDS})")
     p.add_argument("--variant", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # overhead's child
     p.add_argument("--lever", nargs=3, metavar=("LEVER", "SEED", "DIR"), help=argparse.SUPPRESS)  # levers' child
     p.add_argument("--step", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)  # step's child
+    p.add_argument("--roi-pair", metavar="DIR", help=argparse.SUPPRESS)  # roi_pair's child
     args = p.parse_args()
     global QUICK, ROUNDS
     QUICK = args.quick
-    ROUNDS = 1 if QUICK else ROUNDS  # quick checks that each variant runs: one round does
+    ROUNDS = 1 if QUICK else args.rounds  # quick checks that each variant runs: one round does
     if args.variant:
         print(f"RESULT {run_variant(args.variant[0], Path(args.variant[1]))}")
         return
@@ -784,6 +843,9 @@ def main() -> None:
         return
     if args.step:
         print(f"RESULT {json.dumps(run_step_variant(args.step[0], Path(args.step[1])))}")
+        return
+    if args.roi_pair:
+        print(f"RESULT {json.dumps(run_roi_pair(Path(args.roi_pair)))}")
         return
     chosen = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(chosen) - set(PARTS)

@@ -8,4 +8,6 @@ Pure PyTorch/torchvision: importable without Ray, a GPU or COCO. Import from the
 - `models.init`: `init_scratch`, `load_backbone` (pretrained arm), `LoadReport`
 - `models.classifier`: the pre-training classifier and `backbone_state`
 - `models.choices`: the closed sets of names (no torch import; the config reads them)
+- `models.small_convs`, `models.roi_align`: CPU paths the detector builder puts in (convs over
+  2 x 2 maps as a matmul, RoIAlign's backward as matrix products); the same results
 """

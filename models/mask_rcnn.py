@@ -26,11 +26,11 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from models.choices import BACKBONES, PROFILES
 from models.norms import norm_factory
+from models.roi_align import MatmulMultiScaleRoIAlign
 from models.small_convs import use_small_map_convs
 
 # Output channels of layer1..layer4: basic blocks (18/34) and bottlenecks (50 and deeper).
@@ -126,11 +126,11 @@ def build_mask_rcnn(*, backbone: str, norm: str, num_classes: int, profile: str 
         rpn_pre_nms_top_n_train=p.rpn_pre_nms_train, rpn_pre_nms_top_n_test=p.rpn_pre_nms_test,
         rpn_post_nms_top_n_train=p.rpn_post_nms_train, rpn_post_nms_top_n_test=p.rpn_post_nms_test,
         rpn_batch_size_per_image=p.rpn_batch_per_image,
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=p.roi_sampling_ratio),
+        box_roi_pool=MatmulMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=p.roi_sampling_ratio),
         box_head=FastRCNNConvFCHead((c, 7, 7), [p.head_channels] * 4, [p.box_fc], norm_layer=norm_layer),
         box_predictor=FastRCNNPredictor(p.box_fc, num_classes + 1),
         box_batch_size_per_image=p.box_batch_per_image, box_detections_per_img=p.detections_per_image,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=p.roi_sampling_ratio),
+        mask_roi_pool=MatmulMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=p.roi_sampling_ratio),
         mask_head=MaskRCNNHeads(c, [p.head_channels] * 4, 1, norm_layer=norm_layer),
         mask_predictor=MaskRCNNPredictor(p.head_channels, p.head_channels, num_classes + 1),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import sys
 
@@ -46,18 +47,24 @@ def test_the_benchmark_suite_runs(tmp_path) -> None:
     evaluation backends agreeing and every step lever measured (one round in quick mode)."""
     import json
 
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader,step", "--quick",
-                          "--out", str(tmp_path / "suite.json")], capture_output=True, text=True, timeout=300,
-                         cwd=REPO)
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "suite.py"), "--only", "eval,loader,step,roi_pair",
+                          "--quick", "--out", str(tmp_path / "suite.json")], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "suite.json").read_text())
-    assert set(report["parts"]) == {"eval", "loader", "step"} and report["machine"]["cpus"] >= 1
+    assert set(report["parts"]) == {"eval", "loader", "step", "roi_pair"} and report["machine"]["cpus"] >= 1
     assert report["parts"]["eval"]["max_ap_difference"] < 1e-4 and report["parts"]["eval"]["images"] == 40
     assert report["parts"]["loader"]["step_ms"] > 0
     step = report["parts"]["step"]
-    assert [r["variant"] for r in step["runs"]] == ["torch_sgd", "fused_sgd", "small_maps"]
-    assert all(step[f"{v}_step_ms"] > 0 for v in ("torch_sgd", "fused_sgd", "small_maps"))
-    assert step["small_maps_vs_torch_sgd"] == step["small_maps_step_ms"] / step["torch_sgd_step_ms"]
+    variants = ["torch_sgd", "fused_sgd", "small_maps", "roi_matmul"]
+    assert [r["variant"] for r in step["runs"]] == variants
+    assert all(step[f"{v}_step_ms"] > 0 for v in variants)
+    assert step["roi_matmul_vs_torch_sgd"] == step["roi_matmul_step_ms"] / step["torch_sgd_step_ms"]
+    assert step["roi_matmul_vs_small_maps"] == step["roi_matmul_step_ms"] / step["small_maps_step_ms"]
+    pair = report["parts"]["roi_pair"]
+    assert len(pair["torchvision_ms"]) == len(pair["matmul_ms"]) == pair["blocks"] == 2
+    assert pair["matmul_vs_torchvision_median"] == statistics.median(
+        [a / b for a, b in zip(pair["matmul_ms"], pair["torchvision_ms"])])
     assert "eval       speedup" in out.stdout
 
 
