@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
@@ -82,6 +83,7 @@ class _RoIAlign(torch.autograd.Function):
         return out.to(features.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         (rois,) = ctx.saved_tensors
         batch, _, height, width = ctx.shape
