@@ -672,12 +672,19 @@ STEP_WARMUP, STEP_TIMED = 10, 40
 PAIR_BLOCKS, PAIR_STEPS = 30, 5  # run_roi_pair: 30 blocks of 5 steps per RoIAlign
 
 
+def _torchvision_pools(model: Any) -> tuple[Any, Any]:
+    """torchvision's MultiScaleRoIAlign in place of the detector's box and mask poolers (same levels,
+    sizes and sampling ratio): its RoIAlign kernel forward and backward."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    return tuple(MultiScaleRoIAlign(p.featmap_names, p.output_size, p.sampling_ratio)
+                 for p in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool))
+
+
 def _step_setup(levers: tuple[str, ...], work: Path, batches: int) -> tuple[Any, ...]:
     """The default study's detector (scratch) with `levers` on, its optimizer, `batches` batches of
     its data, its val set and its precision, in this (one-thread) process."""
     import dataclasses
-
-    from torchvision.ops import MultiScaleRoIAlign
 
     import models.small_convs as small_convs
     from models.init import init_scratch
@@ -698,10 +705,7 @@ def _step_setup(levers: tuple[str, ...], work: Path, batches: int) -> tuple[Any,
     torch.manual_seed(0)
     model = build_detector(cfg, train.split.num_classes)
     if "roi_matmul" not in levers:  # torchvision's RoIAlign kernel
-        for name in ("box_roi_pool", "mask_roi_pool"):
-            pool = getattr(model.roi_heads, name)
-            setattr(model.roi_heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size,
-                                                               pool.sampling_ratio))
+        model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool = _torchvision_pools(model)
     init_scratch(model)
     model.train()
     if "fused_sgd" in levers:
@@ -744,14 +748,11 @@ def run_roi_pair(work: Path) -> dict[str, Any]:
     `PAIR_STEPS` steps, alternating torchvision's RoIAlign and `models.roi_align`'s (which goes
     first alternates too), so both see the same stage of training and the same state of the
     machine. Returns each block's ms per step and the median of the per-pair ratios."""
-    from torchvision.ops import MultiScaleRoIAlign
-
     from study.train.steps import train_step
 
     blocks, steps = (2, 1) if QUICK else (PAIR_BLOCKS, PAIR_STEPS)
     model, optimizer, batches, _, bf16 = _step_setup(STEP_VARIANTS, work, STEP_WARMUP + blocks * steps)
-    ours = model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool
-    theirs = tuple(MultiScaleRoIAlign(p.featmap_names, p.output_size, p.sampling_ratio) for p in ours)
+    ours, theirs = (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool), _torchvision_pools(model)
     for images, targets in batches[:STEP_WARMUP]:
         train_step(model, images, targets, optimizer, bf16=bf16)
     ms: dict[str, list[float]] = {"torchvision": [], "matmul": []}
