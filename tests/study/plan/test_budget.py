@@ -113,6 +113,8 @@ def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
     assert evaluation_warnings(default) == []  # the shipped default has 8 on its longest schedule
     laptop = load_study(REPO / "search_spaces" / "laptop.yaml")
     assert [evaluations(s, laptop) for s in laptop.grid.schedule] == [3, 6, 9] and not evaluation_warnings(laptop)
+    catch_up = load_study(REPO / "search_spaces" / "catch_up.yaml")
+    assert [evaluations(s, catch_up) for s in catch_up.grid.schedule] == [2, 4, 6] and not evaluation_warnings(catch_up)
     text = format_plan(default, plan_study(default), checkpoint_bytes=1)
     assert "evaluations: 1x 3, 2x 5, 3x 8 (every 100 iterations and at the end)" in text
     sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=300))
@@ -122,3 +124,16 @@ def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
         "needs at least 6: lower solver.eval_period",
         "warning: the shortest schedule (1x) has 1 evaluation(s) at solver.eval_period 300; its learning curve "
         "needs at least 2: lower solver.eval_period"]
+
+
+def test_the_catch_up_study_is_the_default_on_two_classes_longer_and_with_six_seeds() -> None:
+    """It shares the default's model and stand-in (so a backbone cached by `study run` is reused):
+    what differs is the data's classes, the schedule's length, the seeds and where it judges."""
+    default = load_study(REPO / "search_spaces" / "default.yaml")
+    catch_up = load_study(REPO / "search_spaces" / "catch_up.yaml")
+    assert (catch_up.model, catch_up.pretrain, catch_up.lr) == (default.model, default.pretrain, default.lr)
+    assert catch_up.data.synthetic.classes == ("circle", "triangle") != default.data.synthetic.classes
+    assert catch_up.grid.seeds == (0, 1, 2, 3, 4, 5) and catch_up.grid.schedule == default.grid.schedule
+    plan, base = plan_study(catch_up), plan_study(default)
+    assert (plan.trials, plan.iterations_forked, base.iterations_forked) == (36, 22_080, 5_460)  # ~4x the default's
+    assert (catch_up.analysis.early_iteration, catch_up.analysis.margin) == (500, 3.5)
