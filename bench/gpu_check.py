@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -29,6 +28,7 @@ import torch
 from models.init import init_scratch
 from models.mask_rcnn import build_mask_rcnn
 from models.norms import convert_sync_batchnorm
+from study.train import collectives
 from study.train.build import build_sgd
 from study.train.steps import train_step
 
@@ -84,11 +84,9 @@ def main() -> None:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: torch.nn.Module = model
     if args.norm == "syncbn":  # what study.train.loop does on every worker of a multi-GPU trial
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29533")
-        torch.distributed.init_process_group("nccl", rank=0, world_size=1)
+        collectives.start_process_group("nccl", rank=0, world_size=1, address="tcp://127.0.0.1:29533")
         model = convert_sync_batchnorm(model, "syncbn", device)
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0])
+        net = collectives.data_parallel(model, torch.device("cuda", torch.cuda.current_device()))
     optimizer = build_sgd(model, lr=0.02 * args.ims_per_gpu / 16, momentum=0.9, weight_decay=1e-4,
                           weight_decay_norm=0.0)
     autocast = device.type == "cuda" and not args.no_bf16

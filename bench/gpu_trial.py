@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from study.config import load_study
+from study.layout import read_metrics
 from study.plan.trials import Size, Trial
 from study.train.build import trial_device
 from study.train.loop import train_trial
@@ -53,17 +54,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         for name in ("straight", "resumed"):
-            rows: list[dict] = []
             out = Path(tmp) / name
             start = time.perf_counter()
             if name == "resumed":  # stop at the middle evaluation, then a fresh call resumes
                 evals = [r["iteration"] for r in histories["straight"]]
                 stop = evals[len(evals) // 2 - 1]
-                train_trial(cfg, trial, out_dir=out, data_root=data, device=device,
-                            stop_at=stop, report=lambda r, _c: rows.append(r))
-            train_trial(cfg, trial, out_dir=out, data_root=data, device=device,
-                        report=lambda r, _c: rows.append(r))
-            histories[name] = rows
+                train_trial(cfg, trial, out_dir=out, data_root=data, device=device, stop_at=stop)
+            train_trial(cfg, trial, out_dir=out, data_root=data, device=device)
+            rows = histories[name] = read_metrics(out)  # the evaluations, each once
             print(f"{name} on {device}: {len(rows)} evaluations in {time.perf_counter() - start:.1f} s")
             for r in rows:
                 print(f"  it {r['iteration']:4d}  {r['status']:8s}  "

@@ -96,6 +96,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         pcfg, backbone = dataclasses.replace(cfg.pretrain, **given), args.backbone or cfg.model.backbone
     else:
         pcfg, backbone = PretrainConfig(**given), args.backbone or "resnet18"
+    if pcfg.gpus_per_worker is None:  # no study, no flag: the GPU if there is one
+        import torch
+
+        pcfg = dataclasses.replace(pcfg, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0)
     out = args.out.resolve()
     data_dir = args.data_dir or out.parent / "pretrain_data"
     meta = run_pretrain(pcfg, backbone=backbone, out=out, data_dir=data_dir)
@@ -333,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--precision", choices=PRECISIONS, default=None,
                           help="default auto: bf16 autocast where the device has native bf16")
     pretrain.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default adamw")
+    pretrain.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=None,
+                          help="GPUs per worker (default: the --study's resources.gpus_per_worker, else "
+                               "0); with GPUs it runs as a Ray Train job, one worker included")
     defaults = PretrainConfig()
     for flag, key, kind in (("--epochs", "epochs", float), ("--image-size", "image_size", int),
                             ("--batch-size", "batch_size", int), ("--lr", "base_lr", float),

@@ -25,6 +25,7 @@ from study.data.synthetic import SynthSpec
 from study.errors import ConfigError, require
 
 DataSource = Literal["synthetic", "coco"]
+Placement = Literal["auto", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
 Full = Literal["full"]
 
 
@@ -109,7 +110,10 @@ class PretrainConfig:
     train_images: int = 6000  # of the synthetic set
     val_images: int = 500
     seed: int = 0
-    workers: int = 1  # Ray Train workers; 1 runs in the calling process, without Ray
+    workers: int = 1  # Ray Train workers; 1 without GPUs runs in the calling process, without Ray
+    # GPUs per worker; null: the study's resources.gpus_per_worker (`study pretrain` without
+    # --study: 0). With GPUs the pre-training is a Ray Train job, one worker included.
+    gpus_per_worker: float | None = None
     loader_workers: int = 0
     # bf16 autocast of the forward pass where the device has native bf16 (a CUDA GPU that
     # supports it, a CPU with AVX512-BF16 or AMX), else fp32; or force either.
@@ -131,6 +135,13 @@ class PretrainConfig:
                  f"{self.batch_size} must be divisible by workers ({self.workers})")
         require(self.warmup_iters >= 0 and self.loader_workers >= 0, "warmup_iters",
                  "warmup_iters and loader_workers must be >= 0")
+        require(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "gpus_per_worker",
+                f"{self.gpus_per_worker!r} must be >= 0, or null for the study's resources.gpus_per_worker")
+
+    @property
+    def gpus(self) -> float:
+        """GPUs per worker, 0 where nothing resolved `gpus_per_worker`."""
+        return self.gpus_per_worker or 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,12 @@ class SolverConfig:
     drops_before_end: tuple[int, ...] = (60_000, 20_000)
     gamma: float = 0.1
     eval_period: int = 10_000
+    # Checkpoints (the full training state) every this many iterations, beside the evaluations'
+    # own; null: at the evaluations only. What a preempted trial loses at most.
+    checkpoint_period: int | None = None
+    # A progress report (training losses, LR, images/s) to Tune and TensorBoard every this many
+    # iterations; not an evaluation: the trial's metric log and the analysis never see it.
+    log_period: int = 20
     clip_grad_norm: float | None = None  # the paper does not clip
     # bf16 autocast of the forward pass where the device has native bf16 (a CUDA GPU that supports
     # it; a CPU with AVX512-BF16 or AMX), else fp32; or force either (see the README's levers).
@@ -171,6 +188,9 @@ class SolverConfig:
                  "drops_before_end", f"{list(drops)!r} must be strictly decreasing, e.g. [60000, 20000]")
         require(0 < self.gamma < 1, "gamma", f"{self.gamma!r} must be in (0, 1)")
         require(self.eval_period > 0, "eval_period", f"{self.eval_period!r} must be > 0")
+        require(self.checkpoint_period is None or self.checkpoint_period > 0, "checkpoint_period",
+                f"{self.checkpoint_period!r} must be > 0, or null for a checkpoint at each evaluation only")
+        require(self.log_period > 0, "log_period", f"{self.log_period!r} must be > 0")
         require(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm",
                  f"{self.clip_grad_norm!r} must be > 0, or null for no clipping")
 
@@ -286,6 +306,10 @@ class ResourcesConfig:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None  # None: as many as the cluster fits
     max_failures: int = 1  # Tune restarts of a failed trial; it resumes from its last checkpoint
+    # Where a multi-worker trial's workers go (Ray's placement strategies). auto: STRICT_PACK (one
+    # node) for norm syncbn, whose statistics all-reduce every forward pass and must not cross
+    # nodes; else PACK (as few nodes as fit, spilling over when none has room).
+    placement: Placement = "auto"
 
     def __post_init__(self) -> None:
         require(self.workers > 0, "workers", f"{self.workers!r} must be > 0")
@@ -294,6 +318,11 @@ class ResourcesConfig:
         require(self.max_concurrent_trials is None or self.max_concurrent_trials > 0,
                  "max_concurrent_trials", f"{self.max_concurrent_trials!r} must be > 0 or null")
         require(self.max_failures >= 0, "max_failures", f"{self.max_failures!r} must be >= 0")
+
+    @property
+    def in_process(self) -> bool:
+        """A trial trains in its Tune trial's own process (one worker, no GPU), not as a Ray Train job."""
+        return self.workers == 1 and self.gpus_per_worker == 0
 
 
 @dataclass(frozen=True)
@@ -340,9 +369,20 @@ class StudyConfig:
         if self.pretrain.norm is None:  # resolved here, so the checkpoint's cache key names it
             object.__setattr__(self, "pretrain",
                                dataclasses.replace(self.pretrain, norm=classifier_norm(self.model.norm)))
+        if self.pretrain.gpus_per_worker is None:
+            object.__setattr__(self, "pretrain", dataclasses.replace(
+                self.pretrain, gpus_per_worker=self.resources.gpus_per_worker))
         if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
             raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
                               "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")
+
+
+    @property
+    def placement_strategy(self) -> str:
+        """Ray's placement strategy for a trial's workers: `resources.placement`, with auto resolved."""
+        if self.resources.placement != "auto":
+            return self.resources.placement
+        return "STRICT_PACK" if self.model.norm == "syncbn" and self.resources.workers > 1 else "PACK"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,3 +38,8 @@ class DataError(ValueError):
 
 class StorageError(OSError):
     """An operation on the study's storage that still failed after its retries; names both."""
+
+
+class StaleAttempt(RuntimeError):
+    """An attempt of a trial whose folder a newer attempt has taken over (`study.tune.attempt`): it
+    must stop writing there."""

@@ -3,6 +3,7 @@
     <storage>/                       --storage: a folder, or a URI every node reaches
       data/                          the synthetic detection set (made once, cached)
       pretrained/                    cached `study pretrain` checkpoints (pretrain-<...>.pt)
+        train_runs/                  Ray Train's runs of pre-training jobs (several workers, or GPUs)
       <name>/                        one study run
         study.yaml                   the resolved config it was started with
         run.json                     hardware, start, end, seconds per phase (`RunInfo`)
@@ -17,6 +18,7 @@
           fork_<iteration>.pt        a trunk's state where a shorter schedule leaves it
           fork.json                  a branch's record of the trunk it started from
           failed.txt                 the traceback of a trial whose process raised
+          attempt.json               the token of the attempt that may write here (the latest)
         tune/                        Tune's experiment (restore state, result files, TensorBoard)
         train_runs/                  Ray Train's checkpoints of multi-worker trials
         report/                      `study analyze`'s output
@@ -58,6 +60,7 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 CHECKSUMS = "checksums.json"
 FORK_RECORD = "fork.json"
 FAILED = "failed.txt"
+ATTEMPT = "attempt.json"
 # what a trial needs to resume on another node
 RESUME_FILES = (METRICS, CHECKSUMS, CHECKPOINT, PREVIOUS_CHECKPOINT, FORK_RECORD)
 RESULT_FILES = (METRICS, FORK_RECORD, FAILED)  # what the analysis reads (no checkpoints)

@@ -126,6 +126,34 @@ def test_no_module_changes_the_environment_at_import() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def _distributed_uses(path: Path) -> list[str]:
+    """Where `path` imports torch.distributed or names it (`torch.distributed.x`, `from torch
+    import distributed`), as 'file:line'."""
+    tree = ast.parse(path.read_text())
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.startswith("torch.distributed") for a in node.names):
+            lines.add(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and (
+                node.module.startswith("torch.distributed")
+                or (node.module == "torch" and any(a.name == "distributed" for a in node.names))):
+            lines.add(node.lineno)
+        elif (isinstance(node, ast.Attribute) and node.attr == "distributed"
+              and isinstance(node.value, ast.Name) and node.value.id == "torch"):
+            lines.add(node.lineno)
+    return [f"{path.relative_to(REPO)}:{n}" for n in sorted(lines)]
+
+
+def test_only_the_collectives_module_touches_torch_distributed() -> None:
+    """Collectives on the wrong backend fail on GPUs only: every one goes through
+    study/train/collectives.py, which this test finds, and nothing else in the code (benchmarks
+    included) calls torch.distributed."""
+    own = REPO / "study" / "train" / "collectives.py"
+    assert _distributed_uses(own)  # the check would see a use
+    files = [p for root in ("study", "models", "bench") for p in sorted((REPO / root).rglob("*.py"))]
+    assert [use for p in files if p != own for use in _distributed_uses(p)] == []
+
+
 def _run_folder_names() -> set[str]:
     """The file and folder names of the run folder that study/layout.py defines."""
     names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}

@@ -107,11 +107,16 @@ def test_study_run_joins_a_running_cluster(tmp_path: Path) -> None:
     assert len(events) == 4  # one per trial
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    points = []
+    ap_steps, loss_steps = [], []
     for path in events:  # read as `tensorboard --logdir` reads them
         acc = EventAccumulator(str(path))
         acc.Reload()
         for tag in ("ray/tune/bbox_AP", "ray/tune/segm_AP", "ray/tune/loss", "ray/tune/images_seen"):
             assert tag in acc.Tags()["scalars"], (path.name, tag)
-        points.append(len(acc.Scalars("ray/tune/bbox_AP")))
-    assert sorted(points) == [2, 2, 4, 4]  # one AP point per evaluation: 1x at 3, 6; 2x at 3, 6, 9, 12
+        ap_steps.append([e.step for e in acc.Scalars("ray/tune/bbox_AP")])
+        loss_steps.append([e.step for e in acc.Scalars("ray/tune/loss")])
+    # the x-axis is the iteration; AP only at evaluations: 1x at 3, 6; 2x at 3, 6, 9, 12
+    assert sorted(ap_steps) == [[3, 6], [3, 6], [3, 6, 9, 12], [3, 6, 9, 12]]
+    # the losses also every log_period (2) between them: a 2x trunk at 2, 3, 4, 6, 8, 9, 10, 12
+    assert [2, 3, 4, 6, 8, 9, 10, 12] in loss_steps
+    assert all(set(ap) < set(loss) for ap, loss in zip(ap_steps, loss_steps))

@@ -75,7 +75,7 @@ def plan_study(cfg: StudyConfig, *, lrs: int | None = None, keep: float | None =
         # each trial keeps its checkpoint, and while it runs the previous one (its fallback); each
         # trunk one fork checkpoint per shorter schedule; a multi-worker trial also keeps Ray
         # Train's last TRAIN_CHECKPOINTS_KEPT copies
-        checkpoint_files=lineages * len(grid.schedule) * (1 + (TRAIN_CHECKPOINTS_KEPT if res.workers > 1 else 0))
+        checkpoint_files=lineages * len(grid.schedule) * (1 + (TRAIN_CHECKPOINTS_KEPT if not res.in_process else 0))
         + min(lineages * len(grid.schedule), res.max_concurrent_trials or lineages * len(grid.schedule))
         + lineages * (len(grid.schedule) - 1))
 

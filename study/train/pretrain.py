@@ -6,8 +6,9 @@ The checkpoint is `{"backbone": state dict, "meta": {...}}` and loads with
 instances, pixels: the paper's Fig. 2 counts it), the data, image size, backbone, norm, epochs
 and the final train/val accuracy.
 
-`train_classifier` is the loop, sharded by rank; `study.tune.weights.run_pretrain` runs it in the
-calling process (`workers: 1`) or on Ray Train workers.
+`train_classifier` is the loop, sharded over the ranks of the process group if there is one;
+`study.tune.weights.run_pretrain` runs it in the calling process (one worker, no GPU) or as a Ray
+Train job (several workers, or GPUs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from study.config import PretrainConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.layout import atomic_write
 from study.train.precision import autocast, use_bf16
-from study.train.ranks import sum_over_ranks
+from study.train import collectives
 
 
 def cosine_lr(iteration: int, total: int, base_lr: float, warmup_iters: int) -> float:
@@ -58,38 +59,40 @@ def classification_data(pcfg: PretrainConfig, data_dir: str | Path,
 
 
 @torch.no_grad()
-def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, rank: int, world_size: int,
-                  device: torch.device) -> float:
+def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, device: torch.device) -> float:
     model.eval()
-    shard = torch.utils.data.Subset(val, list(range(rank, len(val), world_size)))
+    shard = torch.utils.data.Subset(val, list(range(collectives.rank(), len(val), collectives.world_size())))
     correct = total = 0
     for images, labels in DataLoader(shard, batch_size=batch_size):
         pred = model(images.to(device)).argmax(1).cpu()
         correct += int((pred == labels).sum())
         total += labels.numel()
-    counts = sum_over_ranks({"correct": correct, "total": total}, world_size)
+    counts = collectives.sum_over_ranks({"correct": correct, "total": total})
     model.train()
     return counts["correct"] / max(counts["total"], 1)
 
 
 def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Path,
-                     rank: int = 0, world_size: int = 1,
-                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                     device: torch.device | str = "cpu",
                      progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train; return (backbone state dict, metadata). Rank r of `world_size` trains its shard."""
+    """Train on `device`; return (backbone state dict, metadata). In a process group, each rank
+    trains its shard of every batch (DDP)."""
+    rank, world_size = collectives.rank(), collectives.world_size()
     say = progress if rank == 0 else (lambda _msg: None)
     norm = pcfg.norm_used
     start = time.perf_counter()
     train, val, classes, description = classification_data(pcfg, data_dir, say)
     torch.manual_seed(pcfg.seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     model = build_classifier(backbone=backbone, norm=norm, num_classes=len(classes)).to(device)
-    if norm == "syncbn" and world_size > 1:
+    if norm == "syncbn" and collectives.active():
         if device.type != "cuda":
             say("norm syncbn on CPU workers: pre-training with per-worker BatchNorm")
         else:
             model = convert_sync_batchnorm(model, norm, device)
-    net = wrap(model)
+    net = collectives.data_parallel(model, device)
     bf16 = use_bf16(pcfg.precision, device)
     groups = parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0)
     if pcfg.optimizer == "sgd":
@@ -104,7 +107,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
                         num_workers=pcfg.loader_workers, persistent_workers=pcfg.loader_workers > 0)
     say(f"pre-training {backbone}-{norm} on {description}: {len(train)} train / {len(val)} val images, "
         f"{len(classes)} classes, {iterations} iterations of {pcfg.batch_size} ({pcfg.epochs:g} epochs), "
-        f"{world_size} worker(s), {'bf16 autocast' if bf16 else 'fp32'}")
+        f"{world_size} worker(s) on {device.type}, {'bf16 autocast' if bf16 else 'fp32'}")
     loss_fn = nn.CrossEntropyLoss()
     it, epoch, window = 0, 0, {"loss": 0.0, "correct": 0.0, "seen": 0.0}  # since the last print
     last_acc, tick = 0.0, time.perf_counter()
@@ -120,9 +123,9 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             with autocast(device, bf16):
                 logits = net(images.to(device, non_blocking=True))
                 loss = loss_fn(logits.float(), labels.to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pre-training loss is {loss.item()} at iteration {it}: "
-                                         f"lower pretrain.base_lr (now {pcfg.base_lr})")
+            if not collectives.all_finite(loss.item()):  # every rank stops, none waits in backward
+                raise FloatingPointError(f"pre-training loss is not finite at iteration {it} (this rank's: "
+                                         f"{loss.item()}): lower pretrain.base_lr (now {pcfg.base_lr})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -131,7 +134,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             window["seen"] += labels.numel()
             it += 1
             if it % every == 0 or it == iterations:
-                summed = sum_over_ranks(window, world_size)
+                summed = collectives.sum_over_ranks(window)
                 seen = summed["seen"]
                 last_acc = summed["correct"] / seen
                 now = time.perf_counter()
@@ -139,7 +142,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
                     f"{100 * last_acc:.1f}%  {seen / (now - tick):.0f} img/s")
                 window, tick = {"loss": 0.0, "correct": 0.0, "seen": 0.0}, now
         epoch += 1
-    val_acc = _val_accuracy(model, val, per_rank, rank, world_size, device)
+    val_acc = _val_accuracy(model, val, per_rank, device)
     images_seen = iterations * pcfg.batch_size
     meta = {
         "backbone": backbone, "norm": norm, "data": description, "classes": len(classes),
@@ -150,6 +153,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
         "train_accuracy": last_acc, "val_accuracy": val_acc, "chance_accuracy": 1 / len(classes),
         "seconds": time.perf_counter() - start, "workers": world_size, "seed": pcfg.seed,
         "precision": "bf16 autocast" if bf16 else "fp32",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     say(f"val accuracy {100 * val_acc:.1f}% (chance {100 / len(classes):.1f}%) after "
         f"{meta['seconds']:.0f} s")

@@ -21,7 +21,7 @@ from study.config import StudyConfig
 from study.layout import (CHECKPOINT, PREVIOUS_CHECKPOINT, check_checkpoint, read_checksums,
                           write_checkpoint, write_checksums)
 from study.train.build import build_detector
-from study.train.ranks import gather_over_ranks, sum_over_ranks
+from study.train.collectives import gather_over_ranks, rank, sum_over_ranks, world_size
 
 COCO_CLASSES = 80
 
@@ -40,22 +40,23 @@ class Progress:
             self.window[k] = self.window.get(k, 0.0) + v
         self.n_window += 1
 
-    def take_mean_losses(self, world_size: int) -> dict[str, float]:
+    def take_mean_losses(self) -> dict[str, float]:
         """The mean of each loss since the last evaluation over all ranks; empties the window."""
-        means = {k: v / (self.n_window * world_size) for k, v in sum_over_ranks(self.window, world_size).items()}
+        ranks = world_size()
+        means = {k: v / (self.n_window * ranks) for k, v in sum_over_ranks(self.window).items()}
         self.window, self.n_window = {}, 0
         return means
 
 
 def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
-               iteration: int, *, rank: int, world_size: int, device: torch.device,
+               iteration: int, *, device: torch.device,
                sync: Callable[[Path], None]) -> Path | None:
     """Rank 0 writes the full training state at `iteration` (atomically) and calls `sync` on the
     file; every rank must call this (the RNG states and loss sums are gathered)."""
-    rng = gather_over_ranks([torch.get_rng_state()], world_size)
-    cuda_rng = gather_over_ranks([torch.cuda.get_rng_state(device)], world_size) if device.type == "cuda" else []
-    window_sums = sum_over_ranks(progress.window, world_size)
-    if rank != 0:
+    rng = gather_over_ranks([torch.get_rng_state()])
+    cuda_rng = gather_over_ranks([torch.cuda.get_rng_state(device)]) if device.type == "cuda" else []
+    window_sums = sum_over_ranks(progress.window)
+    if rank() != 0:
         return None
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
              "counts": progress.counts, "rng": rng, "cuda_rng": cuda_rng, "window": window_sums,
@@ -104,19 +105,21 @@ def drop_previous(out_dir: Path, sync: Callable[[Path], None]) -> None:
         write_checksums(out_dir, read_checksums(out_dir), sync)
 
 
-def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, rank: int,
+def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                   device: torch.device) -> Progress:
-    """Load `path` into the model, the optimizer and this rank's RNG; returns the progress."""
+    """Load `path` into the model, the optimizer and this rank's RNG (a rank the checkpoint did
+    not have keeps its fresh sampling seed); returns the progress."""
     state = load_state_file(path)
+    me = rank()
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     # The loss sums since the last evaluation, summed over ranks: rank 0 carries them.
-    window = {k: (v if rank == 0 else 0.0) for k, v in state.get("window", {}).items()}
-    if rank < len(state["rng"]):
-        torch.set_rng_state(state["rng"][rank])
+    window = {k: (v if me == 0 else 0.0) for k, v in state.get("window", {}).items()}
+    if me < len(state["rng"]):
+        torch.set_rng_state(state["rng"][me])
     cuda_rng = state.get("cuda_rng", [])
-    if rank < len(cuda_rng) and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda_rng[rank], device)
+    if me < len(cuda_rng) and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng[me], device)
     return Progress(iteration=state["iteration"], counts=state["counts"], window=window,
                     n_window=int(state.get("n_window", 0)))
 

@@ -3,14 +3,15 @@ one optimisation step, and prediction + COCO evaluation of a model on a split.""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from study.data.coco import InstanceDataset, collate
+from study.train import collectives
 from study.train.evaluation import evaluate_coco, masks_to_rle
 from study.train.precision import autocast
 
@@ -21,8 +22,13 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[
     """One SGD step on a batch; returns the losses (and their sum as 'loss') as floats.
 
     `bf16` runs the forward pass under bf16 autocast on the images' device (no loss scaling is
-    needed with bf16; see `study.train.precision`). A non-finite loss is returned without
-    stepping, so the caller can stop the run as diverged instead of training on NaNs.
+    needed with bf16; see `study.train.precision`).
+
+    Divergence is agreed before `backward`: if the loss is not finite on any rank of the process
+    group, no rank steps and every rank returns a NaN 'loss' (the global batch's loss is not
+    finite), so the caller stops the run as diverged instead of training on NaNs. Were one rank to
+    skip `backward` alone, the others would wait in DDP's gradient all-reduce until the process
+    group's timeout.
     """
     with autocast(images[0].device, bf16):
         losses = model(images, [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")}
@@ -30,8 +36,8 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[
     total = sum(losses.values())
     parts = torch.stack([v.detach().float() for v in (*losses.values(), total)]).tolist()  # one sync
     values = dict(zip([*losses, "loss"], parts))
-    if not np.isfinite(values["loss"]):
-        return values
+    if not collectives.all_finite(values["loss"]):
+        return {**values, "loss": math.nan}
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if clip_grad_norm is not None:

@@ -77,15 +77,15 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
     check_study_data(cfg, data_root)  # before Ray
     store.write_text(f"{name}/{layout.STUDY_FILE}", dump_study(cfg))
     phase("checks_and_data")
-    weights, in_store = weights_in_store(cfg, store)
-    phase("pretraining")
-
     res = cfg.resources
-    inline = res.workers == 1
+    inline = res.in_process
     per_trial = res.workers * res.cpus_per_worker
+    # before the pre-training: with GPUs or several workers it is a Ray Train job on this Ray
     dashboard = start_ray(cpus=per_trial, address=address,
                           resources={TRAIN_DRIVER: max(1, (os.cpu_count() or 1) // per_trial)})
     phase("ray_start")
+    weights, in_store = weights_in_store(cfg, store)
+    phase("pretraining")
     if inline:
         trial_resources = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
     elif ray.cluster_resources().get(TRAIN_DRIVER):

@@ -1,11 +1,14 @@
 """Ray Train jobs: one trial on data-parallel workers (`run_trial_on_ray`), and the backbone's
 pre-training on them (`pretrain_on_ray`).
 
-A trial's workers each run `study.train.loop.train_trial` with DDP (`ray.train.torch.prepare_model`);
-every evaluation becomes one `ray.train.report` with rank 0's checkpoint attached, so Ray Train
-keeps the trial's last checkpoints and a restarted worker group resumes from
-`ray.train.get_checkpoint()`. What the workers need crosses the Ray boundary as a `TrialJob`,
-turned into plain data and rebuilt on each worker's first line.
+A trial's workers each run `study.train.loop.train_trial` in Ray Train's process group (gloo on
+CPUs, NCCL on GPUs; the loop wraps the model in DDP and shares values through
+`study.train.collectives`, one worker included). Each report of the loop becomes one
+`ray.train.report`, with rank 0's checkpoint attached where it wrote one, so Ray Train keeps the
+trial's last checkpoints and a restarted worker group resumes from `ray.train.get_checkpoint()`.
+What the workers need crosses the Ray boundary as a `TrialJob`, turned into plain data and rebuilt
+on each worker's first line. Rank 0 alone writes the trial's folder, fenced by the attempt's token
+(`study.tune.attempt`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from study import layout
 from study.config import PretrainConfig, StudyConfig, study_from_dict, to_dict
 from study.plan.trials import Trial
 from study.train.build import split_paths
-from study.train.loop import Sync, train_trial
-from study.tune.launch import fit_torch, start_ray
+from study.train.loop import Fence, NanDrill, Sync, train_trial
+from study.tune.attempt import Attempt
+from study.tune.launch import fit_torch, start_ray, tune_row
 from study.tune.storage import Store, is_uri, node_dir, pull_files, pusher
 
 
@@ -47,21 +51,27 @@ class TrialJob:
     fork_at: tuple[int, ...] = ()
     pause_at: int | None = None
     shared: SharedTrial | None = None
+    attempt: Attempt | None = None  # the Tune attempt's claim on the trial folder (None: unfenced)
+    drill: NanDrill | None = None
 
     def to_config(self) -> dict[str, Any]:
         """Plain data, Ray Train's `train_loop_config`."""
         return {"study": to_dict(self.study), "trial": self.trial.to_dict(), "out_dir": self.out_dir,
                 "data_root": self.data_root, "pretrained_weights": self.pretrained_weights,
                 "fork_at": list(self.fork_at), "pause_at": self.pause_at,
-                "shared": None if self.shared is None else vars(self.shared).copy()}
+                "shared": None if self.shared is None else vars(self.shared).copy(),
+                "attempt": None if self.attempt is None else self.attempt.to_dict(),
+                "drill": None if self.drill is None else vars(self.drill).copy()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrialJob:
-        shared = config["shared"]
+        shared, attempt, drill = config["shared"], config["attempt"], config["drill"]
         return cls(study=study_from_dict(config["study"]), trial=Trial.from_dict(config["trial"]),
                    out_dir=config["out_dir"], data_root=config["data_root"],
                    pretrained_weights=config["pretrained_weights"], fork_at=tuple(config["fork_at"]),
-                   pause_at=config["pause_at"], shared=None if shared is None else SharedTrial(**shared))
+                   pause_at=config["pause_at"], shared=None if shared is None else SharedTrial(**shared),
+                   attempt=None if attempt is None else Attempt(**attempt),
+                   drill=None if drill is None else NanDrill(**drill))
 
 
 def _trial_worker(config: dict[str, Any]) -> None:
@@ -70,7 +80,8 @@ def _trial_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     job = TrialJob.from_config(config)
-    ctx = ray.train.get_context()
+    writer = ray.train.get_context().get_world_rank() == 0
+    fence: Fence = job.attempt.check if job.attempt is not None and writer else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="trial-", dir=node_dir("work")) as scratch:  # this node's disk
         resume_from = None
         checkpoint = ray.train.get_checkpoint()
@@ -88,7 +99,7 @@ def _trial_worker(config: dict[str, Any]) -> None:
             if job.shared.weights is not None:
                 weights = str(Path(scratch) / "pretrained.pt")
                 store.get(job.shared.weights, weights)
-            sync = pusher(store, out_dir, job.shared.trial_dir)
+            sync = pusher(store, out_dir, job.shared.trial_dir, fence=fence)
 
         def report(row: dict[str, Any], saved: Path | None) -> None:
             with tempfile.TemporaryDirectory() as d:
@@ -97,21 +108,22 @@ def _trial_worker(config: dict[str, Any]) -> None:
                     shutil.copy(saved, Path(d) / layout.CHECKPOINT)
                     shutil.copy(saved.parent / layout.CHECKSUMS, Path(d) / layout.CHECKSUMS)
                     attached = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(row, checkpoint=attached)  # a barrier: every rank calls it
+                ray.train.report(tune_row(job.trial, row), checkpoint=attached)  # a barrier: every rank calls it
 
         train_trial(job.study, job.trial, out_dir=out_dir, data_root=job.data_root,
-                    pretrained_weights=weights, rank=ctx.get_world_rank(),
-                    world_size=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
-                    report=report, resume_from=resume_from, fork_at=job.fork_at, pause_at=job.pause_at,
-                    device=ray.train.torch.get_device(), sync=sync)
+                    pretrained_weights=weights, report=report, resume_from=resume_from, fork_at=job.fork_at,
+                    pause_at=job.pause_at, device=ray.train.torch.get_device(), sync=sync, fence=fence,
+                    drill=job.drill)
 
 
 def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
                      pretrained_weights: str | None = None, storage: str | Path | None = None,
                      fork_at: Collection[int] = (), pause_at: int | None = None,
                      run_name: str | None = None, callbacks: list[Any] | None = None,
-                     shared: SharedTrial | None = None) -> Any:
-    """Run one trial on `cfg.resources.workers` Ray Train workers; returns Ray's Result.
+                     shared: SharedTrial | None = None, attempt: Attempt | None = None,
+                     drill: NanDrill | None = None) -> Any:
+    """Run one trial on `cfg.resources.workers` Ray Train workers (one included: the same
+    process group, DDP and collectives as eight); returns Ray's Result.
 
     `storage` (a path or URI; default beside `out_dir`) holds Ray Train's checkpoints. With
     `shared` (the study's storage is a URI) every worker pulls the trial's files into its own
@@ -119,7 +131,8 @@ def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, dat
     to Ray Train's RunConfig (the study passes Tune's TuneReportCallback); the run is named
     `run_name` (default: the trial's name), so a restarted trial finds its own Train snapshot and
     the next segment of a halving trunk (`pause_at`) starts a run of its own, from the trial's
-    checkpoint.
+    checkpoint. `attempt` fences rank 0's writes; `drill` plants a NaN (`study.train.loop.NanDrill`).
+    The workers are placed as `cfg.placement_strategy` says (one node for SyncBN).
     """
     out_dir, data_root = Path(out_dir).resolve(), Path(data_root).resolve()  # workers chdir
     split_paths(cfg, data_root)  # make the synthetic set once, before the workers race to
@@ -127,13 +140,14 @@ def run_trial_on_ray(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, dat
     start_ray(cpus=res.workers * res.cpus_per_worker)
     job = TrialJob(study=cfg, trial=trial, out_dir=str(out_dir), data_root=str(data_root),
                    pretrained_weights=pretrained_weights, fork_at=tuple(fork_at), pause_at=pause_at,
-                   shared=shared)
+                   shared=shared, attempt=attempt, drill=drill)
     return fit_torch(
         _trial_worker, job.to_config(), name=run_name or trial.name(),
         storage_path=str(storage) if is_uri(storage or "") else str(Path(storage or out_dir.parent / "ray").resolve()),
         workers=res.workers, use_gpu=res.gpus_per_worker > 0,
         resources_per_worker={"CPU": res.cpus_per_worker,
                               **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+        placement_strategy=cfg.placement_strategy,
         keep_checkpoints=layout.TRAIN_CHECKPOINTS_KEPT,
         # a dead worker restarts the whole group, which resumes from the last checkpoint
         max_failures=res.max_failures, callbacks=callbacks)
@@ -146,31 +160,34 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
 
     from study.train.pretrain import save_checkpoint, train_classifier
 
-    ctx = ray.train.get_context()
     state, meta = train_classifier(PretrainConfig(**config["pretrain"]), backbone=config["backbone"],
-                                   data_dir=config["data_dir"],
-                                   rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                                   wrap=ray.train.torch.prepare_model)
+                                   data_dir=config["data_dir"], device=ray.train.torch.get_device())
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if ctx.get_world_rank() == 0:
+        if ray.train.get_context().get_world_rank() == 0:
             save_checkpoint(Path(tmp) / "pretrain.pt", state, meta)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(meta, checkpoint=checkpoint)  # a barrier: every rank calls it
 
 
 def pretrain_on_ray(pcfg: PretrainConfig, *, backbone: str, data_dir: Path,
-                    use_gpu: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pre-train on `pcfg.workers` Ray Train workers; returns (backbone state dict, metadata)."""
+                    storage: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pre-train on `pcfg.workers` Ray Train workers, each with `pcfg.gpus` GPUs; returns
+    (backbone state dict, metadata). Rank 0 hands the weights back through Ray Train's
+    checkpoint under `storage` (a URI or a folder every node reaches; default a temporary folder,
+    which serves one machine); each job is a new run there."""
     import dataclasses
+    import uuid
 
     from models.init import load_state_file
 
     start_ray(cpus=pcfg.workers + 1, dashboard=False)
-    with tempfile.TemporaryDirectory(prefix="pretrain_") as storage:
+    with tempfile.TemporaryDirectory(prefix="pretrain_") as tmp:
         result = fit_torch(_pretrain_worker, {"pretrain": dataclasses.asdict(pcfg), "backbone": backbone,
                                               "data_dir": str(data_dir)},
-                           name="pretrain", storage_path=storage, workers=pcfg.workers, use_gpu=use_gpu)
+                           name=f"pretrain-{uuid.uuid4().hex[:8]}", storage_path=storage or tmp,
+                           workers=pcfg.workers, use_gpu=pcfg.gpus > 0,
+                           resources_per_worker={"CPU": 1, **({"GPU": pcfg.gpus} if pcfg.gpus else {})})
         assert result.checkpoint is not None
         with result.checkpoint.as_directory() as d:
             saved = load_state_file(Path(d) / "pretrain.pt")

@@ -244,14 +244,17 @@ def pull_files(store: Store, rel_dir: str, local_dir: Path, names: tuple[str, ..
         store.get(f"{rel_dir}/{name}", local_dir / name)
 
 
-def pusher(store: Store, local_root: Path, rel_root: str):  # -> Callable[[Path], None]
+def pusher(store: Store, local_root: Path, rel_root: str,
+           fence: Callable[[], None] = lambda: None):  # -> Callable[[Path], None]
     """A function that makes the store's copy of a file under `local_root` (the same place under
     `rel_root`) what the local file is: copied, or deleted if the local file is gone. A file
     renamed locally since it was pushed (the same inode, size and time: checkpoint.pt kept as
-    checkpoint.prev.pt) is copied on the server from the object it was pushed as, not uploaded again."""
+    checkpoint.prev.pt) is copied on the server from the object it was pushed as, not uploaded again.
+    `fence()` runs before each push: it raises when this attempt may no longer write (`study.tune.attempt`)."""
     pushed: dict[tuple[int, int, int], str] = {}  # (inode, size, mtime) -> the object it went to
 
     def push(path: Path) -> None:
+        fence()
         rel = f"{rel_root}/{Path(path).relative_to(local_root).as_posix()}"
         if not Path(path).is_file():
             store.delete(rel)

@@ -2,14 +2,17 @@
 
 - A branch (a shorter schedule, with forking on) waits for its trunk's fork checkpoint, seeds its
   folder from it (`study.tune.forking`) and reports the shared rows to Tune first.
-- With `resources.workers: 1` the trial trains in the Tune trial's own process (a Ray Train
-  worker group would add ~10 s per trial and nothing else); with more workers it is a Ray Train
-  data-parallel job (`study.tune.jobs`) inside the function trainable, its reports forwarded to
-  Tune by `TuneReportCallback`.
+- With one worker and no GPU the trial trains in the Tune trial's own process (a Ray Train
+  worker group would add ~10 s per trial and nothing else); with more workers, or GPUs, it is a
+  Ray Train data-parallel job (`study.tune.jobs`) inside the function trainable, its reports
+  forwarded to Tune by `TuneReportCallback`: a one-GPU trial runs the process group, DDP and
+  collectives of an eight-GPU one.
 - A halving trunk trains in segments (`Point.start_at` .. `Point.stop_at`), one Tune trial each,
   all in the trial's one folder: a segment pauses with a checkpoint, the next resumes from it.
 - On shared storage (a URI) the trial works in a fresh local folder: it pulls its own files
   first (so it resumes on whichever node it lands) and pushes each file it writes.
+- Each attempt (a Tune retry is a new one) takes the trial folder's token first
+  (`study.tune.attempt`): an older attempt still running somewhere is refused its next write.
 - A trial that raises leaves the failure marker with its traceback, which tells waiting branches.
 """
 
@@ -26,11 +29,15 @@ from typing import Any
 
 from study import layout
 from study.config import StudyConfig
+from study.errors import StaleAttempt
 from study.plan.trials import Point, Trial
-from study.train.build import trial_device
-from study.train.loop import Sync, train_trial
+from study.train.loop import Fence, Sync, train_trial
+from study.tune.attempt import Attempt
 from study.tune.forking import fork_file, has_own_state, start_branch, trunk_state
+from study.tune.launch import tune_row
 from study.tune.storage import Store, node_dir, pull_files, pusher
+
+Report = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,14 @@ class StudySetup:
 def study_trial(config: dict[str, Any], setup: StudySetup) -> None:
     """One Tune trial (see the module docstring)."""
     point = Point.from_config(config)
+    run_attempt(setup, point, report=lambda row: _to_tune(point.trial, row))
+
+
+def run_attempt(setup: StudySetup, point: Point, *, report: Report) -> None:
+    """One attempt of the trial `point`, its rows to `report` (Tune's, inside `study_trial`)."""
     trial = point.trial
     store = Store(setup.storage)
+    attempt = Attempt.take(store, layout.trial_path(setup.name, trial.name()))
     work = Path(tempfile.mkdtemp(prefix="trial-", dir=node_dir("work"))) if store.remote else None
     local = (work / "run" if work else store.local(setup.name)) / layout.TRIALS  # this trial's view
     out = local / trial.name()
@@ -57,18 +70,22 @@ def study_trial(config: dict[str, Any], setup: StudySetup) -> None:
     (out / layout.FAILED).unlink(missing_ok=True)  # a retry starts clean
     if store.remote:
         pull_files(store, layout.trial_path(setup.name, trial.name()), out, layout.RESUME_FILES)
-    sync = pusher(store, local, layout.trial_path(setup.name))
+    sync = pusher(store, local, layout.trial_path(setup.name), fence=attempt.check)
     try:
         if point.fork_iter is not None:
-            shared = seed_branch(store, setup.name, local, point, sync, lambda row: _to_tune(trial, row))
+            shared = seed_branch(store, setup.name, local, point, sync, report)
             if shared and shared[-1]["status"] == "diverged":
                 return
-        _train(setup, store, point, out, sync)
+        _train(setup, store, point, out, sync, attempt, report)
+    except StaleAttempt as e:  # the folder is the newer attempt's: leave it as it is
+        print(f"{trial.name()}: {e}", flush=True)
+        raise
     except BaseException:
         try:
+            attempt.check()
             (out / layout.FAILED).write_text(traceback.format_exc())  # tells waiting branches
             sync(out / layout.FAILED)
-        except OSError as e:  # a full disk or a storage outage: the trial's own error matters more
+        except (OSError, StaleAttempt) as e:  # a full disk, a storage outage, a newer attempt: the trial's own error matters more
             print(f"{trial.name()}: could not record the failure in {out / layout.FAILED}: {e}", flush=True)
         raise
     finally:
@@ -79,11 +96,11 @@ def study_trial(config: dict[str, Any], setup: StudySetup) -> None:
 def _to_tune(trial: Trial, row: dict[str, Any]) -> None:
     import ray.tune
 
-    ray.tune.report({**row, "trial": trial.name()})
+    ray.tune.report(tune_row(trial, row))
 
 
 def seed_branch(store: Store, name: str, local: Path, point: Point, sync: Sync,
-                report: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+                report: Report) -> list[dict[str, Any]]:
     """Wait for the trunk's fork checkpoint (in `local`, this trial's view of the run's trials
     folder), start the branch's folder from it and `report` the shared rows; returns them. A
     restarted branch that already holds its checkpoint does not wait: it took the fork checkpoint."""
@@ -105,21 +122,23 @@ def seed_branch(store: Store, name: str, local: Path, point: Point, sync: Sync,
     return shared
 
 
-def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync) -> None:
-    """Train the trial in this process (one worker) or as a Ray Train job (several)."""
+def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync, attempt: Attempt,
+           report: Report) -> None:
+    """Train the trial in this process (one worker, no GPU) or as a Ray Train job (several, or GPUs)."""
     cfg, trial = setup.study, point.trial
     weights = setup.pretrained_weights
     if setup.weights_in_store and setup.pretrained_weights is not None:
         weights = str(out / "pretrained.pt")
         store.get(setup.pretrained_weights, weights)
     data_root = setup.data_root or str(node_dir(layout.DATA))
-    if cfg.resources.workers == 1:
+    if cfg.resources.in_process:
         import torch
 
         torch.set_num_threads(cfg.resources.cpus_per_worker)
+        fence: Fence = attempt.check
         train_trial(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
-                    fork_at=point.fork_at, pause_at=point.stop_at, device=trial_device(cfg), sync=sync,
-                    report=lambda row, _ckpt: _to_tune(trial, row))
+                    fork_at=point.fork_at, pause_at=point.stop_at, sync=sync, fence=fence,
+                    report=lambda row, _ckpt: report(row))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -130,7 +149,7 @@ def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync)
     run_trial_on_ray(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
                      storage=store.uri(setup.name, layout.TRAIN_RUNS), fork_at=point.fork_at,
                      pause_at=point.stop_at, run_name=point.tune_name(),
-                     callbacks=[TuneReportCallback()], shared=shared if store.remote else None)
+                     callbacks=[TuneReportCallback()], shared=shared if store.remote else None, attempt=attempt)
 
 
 def _wait_for_trunk(store: Store, trunk_rel: str, trunk_dir: Path, fork_iter: int, branch: Trial,

@@ -15,6 +15,7 @@ from study.config import StudyConfig, study_from_dict, to_dict
 from study.layout import read_metrics
 from study.plan.trials import Size, Trial
 from study.train.loop import train_trial
+from tests.conftest import assert_same_curve
 
 def test_a_trial_trains_evaluates_checkpoints_and_logs(tmp_path: Path, tiny_cfg: StudyConfig,
                                                        tiny_trial: Trial) -> None:
@@ -202,3 +203,92 @@ def test_the_trials_sgd_is_fused_and_steps_as_torchs_default_sgd() -> None:
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same update, to float rounding
     assert not torch.equal(fused_model[0].weight, model()[0].weight)  # it did train
+
+
+def _with_solver(cfg: StudyConfig, **solver: object) -> StudyConfig:
+    return study_from_dict({**to_dict(cfg), "solver": {**to_dict(cfg.solver), **solver}})
+
+
+class Killed(Exception):
+    """Stands in for the process dying right after a report (its files are all written)."""
+
+
+def test_a_trial_killed_between_two_evaluations_resumes_from_its_last_checkpoint(
+        tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial, capsys: pytest.CaptureFixture[str]) -> None:
+    """checkpoint_period 3, evaluations every 4: a trial killed after iteration 6's checkpoint
+    resumes at 6, not at the evaluation of 4, and ends as an uninterrupted one does."""
+    cfg = _with_solver(tiny_cfg, checkpoint_period=3)
+    full = train_trial(cfg, tiny_trial, out_dir=tmp_path / "full", data_root=tmp_path)
+    out = tmp_path / "killed"
+
+    def die_after_6(row: dict, saved: Path | None) -> None:
+        if row["iteration"] == 6:
+            assert saved is not None and torch.load(saved, weights_only=True)["iteration"] == 6
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_trial(cfg, tiny_trial, out_dir=out, data_root=tmp_path, report=die_after_6)
+    assert [r["iteration"] for r in read_metrics(out)] == [4]  # the last evaluation before the kill
+    capsys.readouterr()
+    resumed = train_trial(cfg, tiny_trial, out_dir=out, data_root=tmp_path)
+    assert "resuming from the checkpoint of iteration 6" in capsys.readouterr().out
+    assert_same_curve(read_metrics(out), read_metrics(tmp_path / "full"), [4, 8])
+    assert resumed["images_seen"] == full["images_seen"] == 8 * 4
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True)["model"] for p in (out, tmp_path / "full"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_progress_rows_reach_report_every_log_period_and_never_the_metric_log(
+        tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
+    """log_period 3: progress rows at 3 and 6 (not evaluations: AP NaN, losses since the last
+    row, throughput); a checkpoint between evaluations (5) reports one too; the metric log and
+    the analysis hold the evaluations only."""
+    from study.analysis.results import load_results
+
+    cfg = _with_solver(tiny_cfg, log_period=3, checkpoint_period=5)
+    reported: list[tuple[dict, bool]] = []
+    out = tmp_path / "run" / "trials" / tiny_trial.name()
+    train_trial(cfg, tiny_trial, out_dir=out, data_root=tmp_path,
+                report=lambda row, saved: reported.append((row, saved is not None)))
+    assert [(r["iteration"], r["status"], saved) for r, saved in reported] == [
+        (3, "training", False), (4, "running", True), (5, "training", True), (6, "training", False),
+        (8, "finished", True)]
+    progress = [r for r, _ in reported if r["status"] == "training"]
+    for row in progress:
+        assert math.isnan(row["bbox_AP"]) and math.isnan(row["segm_AP"])
+        assert math.isfinite(row["loss"]) and row["images_per_s"] > 0 and row["lr"] > 0
+        assert row["images_seen"] == row["iteration"] * 4 and row["train_images"] == 16
+    assert [r["iteration"] for r in read_metrics(out)] == [4, 8]
+    df = load_results(tmp_path / "run")
+    assert df["iteration"].tolist() == [4, 8] and set(df["status"]) == {"running", "finished"}
+
+
+def test_a_nan_drill_ends_the_trial_diverged_at_its_iteration(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                              tiny_trial: Trial) -> None:
+    from study.train.loop import NanDrill
+
+    reported: list[dict] = []
+    row = train_trial(tiny_cfg, tiny_trial, out_dir=tmp_path / "t", data_root=tmp_path, drill=NanDrill(iteration=6),
+                      report=lambda r, _c: reported.append(r))
+    assert row["status"] == "diverged" and row["iteration"] == 6 and math.isnan(row["loss"])
+    assert [(r["iteration"], r["status"]) for r in read_metrics(tmp_path / "t")] == [(4, "running"), (6, "diverged")]
+    assert reported[-1]["status"] == "diverged" and row["images_seen"] == 6 * 4
+
+
+def test_the_init_is_the_seeds_and_the_sampling_stream_the_seeds_and_ranks(tmp_path: Path, tiny_cfg: StudyConfig,
+                                                                           tiny_trial: Trial) -> None:
+    """Two builds of a trial: the same weights and the same sampling stream; each rank's stream
+    its own, fixed by (seed, rank)."""
+    from study.train.loop import build_setup, sampling_seed
+
+    draws, weights = [], []
+    for _ in range(2):
+        setup = build_setup(tiny_cfg, tiny_trial, data_root=tmp_path, pretrained_weights=None,
+                            device=torch.device("cpu"))
+        draws.append(torch.rand(4))
+        weights.append(next(iter(setup.model.parameters())).detach().clone())
+    assert torch.equal(draws[0], draws[1]) and torch.equal(weights[0], weights[1])
+    seeds = {sampling_seed(s, r) for s in (0, 1) for r in range(8)}
+    assert len(seeds) == 16 and sampling_seed(0, 0) == sampling_seed(0, 0)
+    torch.manual_seed(sampling_seed(tiny_trial.seed, 1))
+    assert not torch.equal(torch.rand(4), draws[0])  # rank 1 draws other samples than rank 0

@@ -54,7 +54,8 @@ def test_a_smoke_study_forked_equals_separate_runs(tmp_path: Path, capsys: pytes
     assert store.listdir("forked/tune")  # Tune's own state (restore, TensorBoard) on S3
     trunk = next(t for t in store.listdir("forked/trials") if "_2x_" in t)
     # the fork checkpoint is gone once its branch holds its own copy: one checkpoint per trial
-    assert store.listdir(f"forked/trials/{trunk}") == ["checkpoint.pt", "checksums.json", "metrics.jsonl"]
+    assert store.listdir(f"forked/trials/{trunk}") == ["attempt.json", "checkpoint.pt", "checksums.json",
+                                                       "metrics.jsonl"]
 
     assert store.exists("forked/report/results.parquet") and store.exists("forked/run.json")
     # one seed: every claim is judged INCONCLUSIVE, and the report says so first

@@ -84,7 +84,8 @@ def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
 
 
 def _study(norm: str, pretrain_norm: str | None = None) -> StudyConfig:
-    pretrain = {k: v for k, v in TINY.__dict__.items() if k != "norm"}
+    # pre-trained in this process, also for the syncbn study (its trials would need GPUs)
+    pretrain = {**{k: v for k, v in TINY.__dict__.items() if k != "norm"}, "gpus_per_worker": 0}
     if pretrain_norm is not None:
         pretrain["norm"] = pretrain_norm
     return study_from_dict({
@@ -136,3 +137,30 @@ def test_pretrain_cli_takes_a_studys_section(tmp_path: Path, capsys: pytest.Capt
     meta = torch.load(out, weights_only=True)["meta"]
     assert (meta["backbone"], meta["norm"], meta["image_size"], meta["iterations"]) == ("resnet18", "bn", 32, 4)
     assert "40 images seen (2.0 epochs)" in capsys.readouterr().out
+
+
+def test_pretraining_with_gpus_is_a_ray_train_job_that_asks_for_them(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrain.gpus_per_worker (unset: the study's resources.gpus_per_worker) > 0: a Ray Train
+    job, one worker included, with GPUs in its resources; 0 and one worker: this process."""
+    import dataclasses
+
+    from study.tune import jobs
+
+    gpu_study = study_from_dict({"name": "g", "resources": {"workers": 8, "gpus_per_worker": 1}})
+    assert gpu_study.pretrain.gpus_per_worker == 1.0 and study_from_dict({"name": "c"}).pretrain.gpus_per_worker == 0
+    asked: list[dict] = []
+
+    def fake_fit(_worker, _config, **kw):  # what Ray Train would be asked for
+        asked.append({k: kw[k] for k in ("workers", "use_gpu", "resources_per_worker")})
+        raise RuntimeError("asked")
+
+    monkeypatch.setattr(jobs, "start_ray", lambda **_kw: None)
+    monkeypatch.setattr(jobs, "fit_torch", fake_fit)
+    with pytest.raises(RuntimeError, match="asked"):
+        run_pretrain(dataclasses.replace(TINY, gpus_per_worker=1.0), backbone="resnet18", out=tmp_path / "p.pt",
+                     data_dir=tmp_path / "data", progress=lambda _m: None)
+    assert asked == [{"workers": 1, "use_gpu": True, "resources_per_worker": {"CPU": 1, "GPU": 1.0}}]
+    meta = run_pretrain(dataclasses.replace(TINY, gpus_per_worker=0.0), backbone="resnet18", out=tmp_path / "c.pt",
+                        data_dir=tmp_path / "data", progress=lambda _m: None)
+    assert meta["device"] == "cpu" and len(asked) == 1  # in this process
