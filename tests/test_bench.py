@@ -1,4 +1,5 @@
-"""bench/gpu_check.py runs (reduced mode on CPU), so it cannot rot while no GPU is around."""
+"""The GPU scripts run here (reduced, dry or rehearsal modes on the CPU), so they cannot rot while
+no GPU is around; and the benchmark suite runs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,38 @@ def test_the_full_check_refuses_a_machine_without_a_gpu() -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--iters", "1"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 2 and "no GPU here" in out.stderr
+
+
+def test_the_multi_gpu_check_skips_with_a_reason_without_a_gpu() -> None:
+    """bench/gpu_distributed.py without a GPU (CI): every check's configuration is built and
+    validated, then it says why it skips and exits 0; --dry does the same on a GPU machine."""
+    import torch
+
+    args = [] if not torch.cuda.is_available() else ["--dry"]
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_distributed.py"), *args],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for check in ("collectives", "trial", "nan drill", "kill/resume", "syncbn bf16", "pretrain"):
+        assert f"  {check}: configuration valid" in out.stdout
+    reason = "--dry" if args else "no CUDA device here (torch.cuda.is_available() is False)"
+    assert out.stdout.strip().splitlines()[-1].startswith(f"SKIPPED: {reason}")
+
+
+@pytest.mark.slow
+def test_the_multi_gpu_check_rehearses_on_the_cpu(tmp_path) -> None:
+    """bench/gpu_distributed.py --cpu: every check but SyncBN's runs through Ray Train's gloo group of
+    one worker and passes; the kill lands and the resumed rows equal the straight ones exactly."""
+    import json
+
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_distributed.py"), "--cpu",
+                          "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["check"], r["ok"]) for r in rows] == [(c, True) for c in ("collectives", "trial", "nan drill",
+                                                                          "kill/resume", "pretrain")]
+    kill = next(r["detail"] for r in rows if r["check"] == "kill/resume")
+    assert "killed after the checkpoint of iteration" in kill and "largest |resumed - straight| 0 " in kill
+    assert "| check | result | seconds | detail |" in out.stdout
 
 
 def test_the_gpu_trial_script_resumes_exactly_on_the_cpu() -> None:
