@@ -329,9 +329,13 @@ class ResourcesConfig:
 class AnalysisConfig:
     """How `study analyze` judges the paper's claims, fixed before the run (see README "Results")."""
 
-    # The one iteration at which "pretrained is ahead early" is tested (the evaluation at or before
-    # it, on the longest schedule's curve); default: half of the 1x schedule.
+    # Where "pretrained is ahead early" is judged: the evaluations of the longest schedule's curve up
+    # to this iteration (see early_window); default: half of the 1x schedule.
     early_iteration: int | None = None
+    # [first, last] iterations of the longest schedule whose evaluations `faster_early` averages,
+    # per seed, before the seeds are compared (every evaluation in it counts, not one); null: from
+    # the first evaluation to early_iteration.
+    early_window: tuple[int, ...] | None = None
     # AP within which scratch counts as having caught up (an equivalence margin). The analysis caps
     # it at max(1.5, 5% of the pretrained arm's AP) (the paper's 3x gap: 1.3 AP at ~40 AP), and at a
     # quarter of that AP.
@@ -341,6 +345,10 @@ class AnalysisConfig:
         require(self.early_iteration is None or self.early_iteration > 0, "early_iteration",
                  f"{self.early_iteration!r} must be > 0, or null for half of the 1x schedule")
         require(self.margin > 0, "margin", f"{self.margin!r} must be > 0 (AP)")
+        window = self.early_window
+        require(window is None or (len(window) == 2 and 0 <= window[0] <= window[1]), "early_window",
+                f"{list(window or [])!r} must be [first, last] iterations with 0 <= first <= last, or null "
+                "for the evaluations up to early_iteration")
 
 
 @dataclass(frozen=True)
@@ -366,6 +374,9 @@ class StudyConfig:
         early = self.analysis.early_iteration
         require(early is None or early <= longest, "analysis.early_iteration",
                 f"{early!r} is past the end of the longest schedule (iteration {longest})")
+        window = self.analysis.early_window
+        require(window is None or window[1] <= longest, "analysis.early_window",
+                f"{list(window or [])!r} ends past the end of the longest schedule (iteration {longest})")
         if self.pretrain.norm is None:  # resolved here, so the checkpoint's cache key names it
             object.__setattr__(self, "pretrain",
                                dataclasses.replace(self.pretrain, norm=classifier_norm(self.model.norm)))

@@ -12,9 +12,12 @@ gap as +0.9 and +1.7 AP).
 
 Per training-set size:
 
-- `faster_early`: the gap at one iteration fixed before the run (`analysis.early_iteration`,
-  default half of 1x; the last evaluation at or before it) on the longest schedule's curve.
-  SUPPORTED if the interval lies above 0, CONTRADICTED if below 0.
+- `faster_early`: on the longest schedule's curve, each seed's gap averaged over every evaluation
+  in an early window fixed before the run (`analysis.early_window`; default from the first
+  evaluation to `analysis.early_iteration`, itself half of 1x by default), then compared over the
+  seeds. SUPPORTED if the interval lies above 0, CONTRADICTED if below 0. Averaging a seed's
+  evaluations first keeps the seeds the units of the interval (its error rate stays the t test's)
+  and takes the evaluation-to-evaluation noise out of each seed's gap.
 - `catches_up`: the final gap at the longest schedule. SUPPORTED if the interval lies within
   ±margin (or wholly below -margin: scratch ahead), CONTRADICTED if it lies above +margin. The
   margin is `analysis.margin`, capped at max(1.5 AP, 5% of the pretrained arm's AP) and at a
@@ -130,6 +133,7 @@ class Claim:
     rule: str
     detail: str  # what else a reader needs: the catch-up schedule, seeds left out, ...
     paper: str
+    window: str = ""  # the evaluations a seed's gap is the mean of, where that is more than one point
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values: numpy scalars as Python's, NaN as null."""
@@ -223,21 +227,43 @@ def _verdict(iv: Interval, *, supported: bool, contradicted: bool) -> Verdict:
 
 def _claim(name: str, size: str, iv: Interval, verdict: Verdict, rule: str, *, init: str | None = None,
            schedule: float | None = None, other_schedule: float | None = None, iteration: int | None = None,
-           margin: float | None = None, detail: str = "") -> Claim:
+           margin: float | None = None, detail: str = "", window: str = "") -> Claim:
     return Claim(claim=name, size=size, init=init, schedule=schedule, other_schedule=other_schedule,
                  iteration=iteration, n_seeds=iv.n,
                  gap=iv.mean, se=iv.se, ci_low=iv.low, ci_high=iv.high, margin=margin, verdict=verdict,
-                 rule=rule, detail=detail, paper=PAPER[name])
+                 rule=rule, detail=detail, paper=PAPER[name], window=window)
+
+
+def difference_verdict(iv: Interval) -> Verdict:
+    """A directional claim (a gap above 0): SUPPORTED if the interval lies above 0, CONTRADICTED
+    if below. At the 95% level a true gap of 0 is SUPPORTED 2.5% of the time."""
+    return _verdict(iv, supported=iv.low > 0, contradicted=iv.high < 0)
+
+
+def equivalence_verdict(iv: Interval, margin: float) -> Verdict:
+    """An equivalence claim (the gap within ±margin): SUPPORTED if the interval lies within it (or
+    wholly below -margin), CONTRADICTED if it lies above +margin. At the 95% level a true gap of
+    +margin is SUPPORTED at most 2.5% of the time (two one-sided tests)."""
+    return _verdict(iv, supported=_within(iv, margin), contradicted=iv.low > margin)
+
+
+def window_means(pairs: pd.DataFrame) -> pd.Series:
+    """Per seed, the mean paired gap `d` over the evaluations in `pairs`; seeds that lack one of
+    them are left out (a seed counts once, with every point of the window)."""
+    its = pairs["iteration"].nunique()
+    per_seed = pairs.groupby("seed")["d"].agg(["mean", "count"])
+    return per_seed.loc[per_seed["count"] == its, "mean"]
 
 
 def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def judge(df: pd.DataFrame, *, early_point: int | None, margin: float = 1.5, tol: float | None = None,
-          metric: str = "bbox_AP") -> tuple[list[Claim], list[str]]:
+def judge(df: pd.DataFrame, *, early_window: tuple[int, int] | None, margin: float = 1.5,
+          tol: float | None = None, metric: str = "bbox_AP") -> tuple[list[Claim], list[str]]:
     """Every claim this study's results can judge, and a sentence for each one they cannot.
-    `early_point` is the iteration `faster_early` is judged at (None: unknown, not judged)."""
+    `early_window` holds the first and last iteration of the evaluations `faster_early` averages
+    (None: unknown, not judged)."""
     claims: list[Claim] = []
     omitted: list[str] = []
     if df.empty:
@@ -257,7 +283,7 @@ def judge(df: pd.DataFrame, *, early_point: int | None, margin: float = 1.5, tol
     for size in sizes:
         c = curves[curves["size"] == size]
         if both:
-            claims += _arm_comparisons(df, c, table, size, early_point, margin, tol, metric, omitted)
+            claims += _arm_comparisons(df, c, table, size, early_window, margin, tol, metric, omitted)
         for init in ("scratch", "pretrained"):
             arm = table[(table["size"] == size) & (table["init"] == init)]
             if len(arm) >= 2:
@@ -277,8 +303,9 @@ def judge(df: pd.DataFrame, *, early_point: int | None, margin: float = 1.5, tol
     return claims, omitted
 
 
-def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size: str, point: int | None,
-                     margin: float, tol: float | None, metric: str, omitted: list[str]) -> list[Claim]:
+def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size: str,
+                     window: tuple[int, int] | None, margin: float, tol: float | None, metric: str,
+                     omitted: list[str]) -> list[Claim]:
     """faster_early and catches_up at one size."""
     cols = ["schedule", "iteration", "seed", metric]
     pre, scr = c.loc[c["init"] == "pretrained", cols], c.loc[c["init"] == "scratch", cols]
@@ -289,22 +316,24 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
     longest = common[-1]
     pairs = _pairs(pre, scr, metric, ["schedule", "iteration"])
     out = []
-    early = pairs[(pairs["schedule"] == longest) & (pairs["iteration"] <= (point or 0))]
-    if point is None:
+    first, last = window or (0, 0)
+    early = pairs[(pairs["schedule"] == longest) & pairs["iteration"].between(first, last)]
+    if window is None:
         omitted.append(f"faster_early on {size} images: the run saved no study config, so the early "
-                       "point (analysis.early_iteration) is unknown")
+                       "window (analysis.early_window, early_iteration) is unknown")
     elif early.empty:
-        omitted.append(f"faster_early on {size} images: no evaluation at or before iteration {point} "
-                       "(analysis.early_iteration; lower solver.eval_period)")
+        omitted.append(f"faster_early on {size} images: no evaluation between iterations {first} and {last} "
+                       "(analysis.early_window / early_iteration; lower solver.eval_period)")
     else:
-        it = int(early["iteration"].max())
-        iv = t_interval(early.loc[early["iteration"] == it, "d"].tolist())
-        rule = (f"SUPPORTED if the interval of the gap at iteration {it} of the {longest:g}x curve (the "
-                f"evaluation at or before analysis.early_iteration = {point}, fixed before the run) lies "
-                "above 0; CONTRADICTED if below 0")
-        out.append(_claim("faster_early", size, iv, _verdict(iv, supported=iv.low > 0, contradicted=iv.high < 0),
-                          rule, schedule=longest, iteration=it,
-                          detail=_left_out(df, size, [longest], metric)))
+        its = sorted(int(i) for i in early["iteration"].unique())
+        iv = t_interval(window_means(early).tolist())
+        span = f"iteration {its[0]}" if len(its) == 1 else f"iterations {its[0]}-{its[-1]} ({len(its)} evaluations)"
+        rule = (f"SUPPORTED if the interval of the gap over {span} of the {longest:g}x curve (each seed's mean "
+                f"over the evaluations in the early window [{first}, {last}], fixed before the run) lies above "
+                "0; CONTRADICTED if below 0")
+        out.append(_claim("faster_early", size, iv, difference_verdict(iv), rule, schedule=longest,
+                          iteration=its[-1], detail=_left_out(df, size, [longest], metric),
+                          window=span if len(its) > 1 else ""))
     finals = {s: _pairs(_final_seeds(pre, s, metric), _final_seeds(scr, s, metric), metric, []) for s in common}
     pre_ap = table.loc[(table["size"] == size) & (table["init"] == "pretrained")
                        & (table["schedule"] == longest), "mean"].iloc[0]
@@ -319,8 +348,7 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
             f"below -{m:g}: scratch ahead); CONTRADICTED if it lies above +{m:g}; {how}")
     first = (f"the gap's interval first enters the margin at {caught[0]:g}x" if caught
              else "at no schedule does the gap's interval lie within the margin")
-    out.append(_claim("catches_up", size, iv,
-                      _verdict(iv, supported=_within(iv, m), contradicted=iv.low > m), rule,
+    out.append(_claim("catches_up", size, iv, equivalence_verdict(iv, m), rule,
                       schedule=longest, iteration=int(pre.loc[pre["schedule"] == longest, "iteration"].max()),
                       margin=m,
                       detail=_join(first, _left_out(df, size, [longest], metric))))
@@ -346,7 +374,7 @@ def _small_data_gap(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size
     iv = t_interval(pairs["d"].tolist())
     rule = ("on the smallest training set, SUPPORTED if the interval of pretrained's final AP at its best "
             "schedule minus scratch's at its own lies above 0; CONTRADICTED if below 0")
-    return _claim("small_data_gap", size, iv, _verdict(iv, supported=iv.low > 0, contradicted=iv.high < 0), rule,
+    return _claim("small_data_gap", size, iv, difference_verdict(iv), rule,
                   schedule=best["pretrained"], other_schedule=best["scratch"],
                   detail=_join(f"pretrained at {best['pretrained']:g}x vs scratch at {best['scratch']:g}x "
                                "(each arm's best schedule)",
@@ -361,7 +389,7 @@ def _overfits(df: pd.DataFrame, c: pd.DataFrame, arm: pd.DataFrame, size: str, i
     rule = (f"SUPPORTED if the interval of the fall from the arm's best shorter schedule ({shorter:g}x) to "
             f"its longest ({longest:g}x), paired per seed, lies above 0; CONTRADICTED if below 0 (it keeps "
             "improving)")
-    return _claim("overfits", size, iv, _verdict(iv, supported=iv.low > 0, contradicted=iv.high < 0), rule,
+    return _claim("overfits", size, iv, difference_verdict(iv), rule,
                   init=init, schedule=longest, other_schedule=shorter,
                   detail=_join(f"the best shorter schedule is the highest of {int((arm['schedule'] < longest).sum())},"
                                " which favours a fall", _left_out(df, size, [shorter, longest], metric)))
@@ -384,7 +412,7 @@ def interval_text(claim: Claim) -> str:
 def where(claim: Claim) -> str:
     """Where the claim is judged, in words: '3x, iteration 15', '2x vs 3x'."""
     if claim.claim == "faster_early":
-        return f"{claim.schedule:g}x, iteration {claim.iteration}"
+        return f"{claim.schedule:g}x, " + (claim.window or f"iteration {claim.iteration}")
     if claim.claim == "small_data_gap":
         return f"pretrained {claim.schedule:g}x vs scratch {claim.other_schedule:g}x"
     if claim.claim == "overfits":
@@ -419,8 +447,9 @@ def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
         return f"{who}: INCONCLUSIVE: the gap is {claim.gap:+.1f} AP {iv}; {more}."
     yes = claim.verdict == "SUPPORTED"
     if claim.claim == "faster_early":
-        return (f"{on} pretrained is {'ahead' if yes else 'behind'} early: {claim.gap:+.1f} {metric} at "
-                f"iteration {claim.iteration} of the {claim.schedule:g}x schedule {iv}.")
+        at = f"over {claim.window}" if claim.window else f"at iteration {claim.iteration}"
+        return (f"{on} pretrained is {'ahead' if yes else 'behind'} early: {claim.gap:+.1f} {metric} {at} "
+                f"of the {claim.schedule:g}x schedule {iv}.")
     if claim.claim == "catches_up":
         if yes:
             return (f"{on} scratch catches up by {claim.schedule:g}x: the final gap is {claim.gap:+.1f} {metric} "
@@ -462,5 +491,14 @@ def load_claims(run_dir: str | Path) -> pd.DataFrame:
 
 
 def early_point(early_iteration: int | None, unit_iters: int) -> int:
-    """The iteration `faster_early` is judged at: `analysis.early_iteration`, or half of 1x."""
+    """Where the early window ends by default: `analysis.early_iteration`, or half of 1x."""
     return early_iteration if early_iteration is not None else round(unit_iters / 2)
+
+
+def early_window(early_window: Sequence[int] | None, early_iteration: int | None,
+                 unit_iters: int) -> tuple[int, int]:
+    """The iterations whose evaluations `faster_early` averages: `analysis.early_window`, else
+    from the first evaluation to `early_point`."""
+    if early_window is not None:
+        return int(early_window[0]), int(early_window[1])
+    return 0, early_point(early_iteration, unit_iters)

@@ -114,8 +114,9 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
 
 def _judge(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None) -> tuple[list[claims.Claim], list[str]]:
     settings = cfg.analysis if cfg else AnalysisConfig()
-    point = claims.early_point(settings.early_iteration, cfg.solver.unit_iters) if cfg else None
-    return claims.judge(df, early_point=point, margin=settings.margin, tol=tol)
+    window = claims.early_window(settings.early_window, settings.early_iteration,
+                                 cfg.solver.unit_iters) if cfg else None
+    return claims.judge(df, early_window=window, margin=settings.margin, tol=tol)
 
 
 def summary(df: pd.DataFrame, cfg: StudyConfig | None = None, tol: float | None = None) -> str:

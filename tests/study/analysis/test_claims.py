@@ -72,7 +72,7 @@ def run(tmp_path: Path) -> Path:
 
 
 def _judge(run: Path, **kw) -> dict[tuple, claims.Claim]:
-    found, _ = claims.judge(load_results(run), early_point=10, **kw)
+    found, _ = claims.judge(load_results(run), early_window=(0, 10), **kw)
     return {(c.claim, c.size, c.init): c for c in found}
 
 
@@ -158,7 +158,7 @@ def test_one_seed_is_always_inconclusive(tmp_path: Path) -> None:
         _write(tmp_path, Trial(init=init, schedule=schedule, base_lr=0.02, seed=0, size=Size(size)),  # type: ignore[arg-type]
                early, finals[0])
     _study(tmp_path, [0], [1000, 100])
-    found, _ = claims.judge(load_results(tmp_path), early_point=10)
+    found, _ = claims.judge(load_results(tmp_path), early_window=(0, 10))
     assert len(found) == 2 * 2 + 1 + 4 and {c.verdict for c in found} == {"INCONCLUSIVE"}
     assert all(c.n_seeds == 1 and c.ci_low is not None and math.isnan(c.ci_low) for c in found)
     one = next(c for c in found if c.claim == "faster_early")
@@ -192,9 +192,33 @@ def test_at_a_low_ap_the_margin_is_at_most_a_quarter_of_it(tmp_path: Path) -> No
                 _write(tmp_path, Trial(init=init, schedule=schedule, base_lr=0.02, seed=seed, size=Size(200)),  # type: ignore[arg-type]
                        0.5, final * schedule / 3)
     _study(tmp_path, [0, 1], [200])
-    found, _ = claims.judge(load_results(tmp_path), early_point=10)
+    found, _ = claims.judge(load_results(tmp_path), early_window=(0, 10))
     caught = next(c for c in found if c.claim == "catches_up")
     assert caught.margin == pytest.approx(0.25 * 2.0)
     assert (caught.ci_low, caught.ci_high) == (pytest.approx(0.4 - 12.7062 * 0.05, abs=1e-3),
                                                pytest.approx(0.4 + 12.7062 * 0.05, abs=1e-3))
     assert caught.verdict == "INCONCLUSIVE" and "capped at 0.5" in caught.rule
+
+
+def test_faster_early_averages_each_seeds_gap_over_the_early_window(run: Path) -> None:
+    """early_window (0, 30) on the 3x curve (evaluations every 10): each seed's gap is the mean of
+    its gaps at 10, 20 and 30, and the interval is over those per-seed means."""
+    found, _ = claims.judge(load_results(run), early_window=(0, 30))
+    early = next(c for c in found if (c.claim, c.size) == ("faster_early", "1000"))
+
+    def ap(init: str, seed: int, it: int) -> float:
+        start = EARLY_SCRATCH[seed] + (EARLY_GAP[1000][seed] if init == "pretrained" else 0.0)
+        return start + (FINALS[(1000, init, 3)][seed] - start) * (it - 10) / 50
+
+    means = [np.mean([ap("pretrained", s, it) - ap("scratch", s, it) for it in (10, 20, 30)]) for s in (0, 1, 2)]
+    iv = t_interval(means)
+    assert early.n_seeds == 3 and early.iteration == 30 and early.window == "iterations 10-30 (3 evaluations)"
+    assert (early.gap, early.ci_low, early.ci_high) == (pytest.approx(iv.mean), pytest.approx(iv.low),
+                                                        pytest.approx(iv.high))
+    assert early.gap != pytest.approx(_judge(run)[("faster_early", "1000", None)].gap)  # not the point at 10
+    assert claims.where(early) == "3x, iterations 10-30 (3 evaluations)"
+    assert "over iterations 10-30 (3 evaluations) of the 3x schedule" in claims.sentence(early)
+    assert "early window [0, 30]" in early.rule
+    # the window as the study file states it, or up to early_iteration by default
+    assert claims.early_window([100, 400], 200, 250) == (100, 400)
+    assert claims.early_window(None, 200, 250) == (0, 200) and claims.early_window(None, None, 250) == (0, 125)
