@@ -13,7 +13,6 @@ Each also shows the rule can say yes (it is not a test that always answers INCON
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
