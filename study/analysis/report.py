@@ -22,6 +22,7 @@ import yaml
 
 from study import layout
 from study.analysis import claims, figures, tables
+from study.analysis.next_steps import next_steps
 from study.analysis.pooling import pool_runs
 from study.analysis.results import export_results, final_rows, load_results, read_decisions, run_config
 from study.config import AnalysisConfig, StudyConfig, study_from_dict
@@ -51,6 +52,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     cfg = study_from_dict(raw) if raw else None
     found, omitted = _judge(df, cfg, tol)
     claims.write_claims(found, out)
+    steps = [s.text() for s in next_steps(found, cfg, None if pooled else layout.read_run_info(dirs[0]))]
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
@@ -66,6 +68,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
             ("The paper's claims (pretrained - scratch, bbox AP; 95% intervals over paired seeds)",
              _claims_table(found)),
             ("Findings", _findings(found, omitted)),
+            *([("Next steps (the claims this study left open)", steps)] if steps else []),
             ("How the verdicts are reached", [claims.INTERVAL_RULE] + [
                 f"{c.claim}{f' ({c.init})' if c.init else ''}, {c.size}: {c.rule}" for c in found]),
         ]
@@ -108,7 +111,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     title = f"Study {raw.get('name', dirs[0].name)}: scratch vs pretrained ({state})"
     (out / "report.md").write_text(_markdown(title, sections))
     (out / "report.html").write_text(_html(title, sections))
-    text = _summary(df, found, omitted, decisions=decisions)
+    text = _summary(df, found, omitted, decisions=decisions, steps=steps)
     return out / "report.md", (f"{pooled.describe()}\n\n{text}" if pooled else text)
 
 
@@ -125,7 +128,7 @@ def summary(df: pd.DataFrame, cfg: StudyConfig | None = None, tol: float | None 
 
 
 def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], metric: str = "bbox_AP",
-             decisions: list[Decision] | None = None) -> str:
+             decisions: list[Decision] | None = None, steps: Sequence[str] = ()) -> str:
     if df.empty:
         return "no results yet"
     parts = [f"the paper's claims (pretrained - scratch, {metric}):", f"  {claims.INTERVAL_RULE}"]
@@ -147,6 +150,8 @@ def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], me
     if len(bad):
         parts.append(f"- Not in the means: {len(bad)} trial(s) did not finish: " + "; ".join(
             f"{r['trial']} {r['status']} at iteration {r['iteration']}" for _, r in bad.iterrows()) + ".")
+    if steps:
+        parts += ["", "next steps (the claims this study left open):"] + [f"- {line}" for line in steps]
     return "\n".join(parts)
 
 

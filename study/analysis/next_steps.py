@@ -1,0 +1,88 @@
+"""What to run next for each claim a study left open: the shipped space that answers it, and what
+it would take on the machine that ran this study, estimated from the run's own measured speed.
+
+A claim is open when it is INCONCLUSIVE; `catches_up` also when it is CONTRADICTED, which says
+that scratch had not caught up by this study's longest schedule, not that it never does. The
+estimate scales the run's measured seconds of trials per trial iteration (its concurrency
+included) by the other space's iterations (`study.plan.budget.plan_study`, with forking), and adds
+the pre-training unless the other space pre-trains the same backbone the same way (then its
+checkpoint is cached). Spaces of another model or image size are not priced: their iterations cost
+something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from study.analysis.claims import Claim
+from study.config import StudyConfig, load_study
+from study.layout import RunInfo
+from study.plan.budget import plan_study
+
+SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+
+# claim -> (the shipped space that settles it on the synthetic set, what it does differently)
+ANSWERS = {
+    "catches_up": ("catch_up.yaml", "the same model on two shape classes, 3x = 6,000 images per lineage, "
+                                    "six seeds: where scratch catches up"),
+    "faster_early": ("catch_up.yaml", "six seeds, and a wider early gap on two classes"),
+    "small_data_gap": ("laptop.yaml", "a 30-image training set beside 3,000"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NextStep:
+    """One open claim and the study that answers it."""
+
+    claim: str
+    size: str
+    space: str  # the shipped file, relative to the project (search_spaces/...)
+    why: str
+    iterations: int  # its trial iterations, with forking
+    cost: str  # what it takes on this machine, or why that cannot be said
+
+    def text(self) -> str:
+        return (f"Next for {self.claim} on {self.size} images: `study run {self.space}` ({self.why}): "
+                f"{self.iterations:,} trial iterations, {self.cost}.")
+
+
+def _open(claim: Claim) -> bool:
+    return claim.verdict == "INCONCLUSIVE" or (claim.claim == "catches_up" and claim.verdict == "CONTRADICTED")
+
+
+def _same_model(a: StudyConfig, b: StudyConfig) -> bool:
+    return (a.model, a.solver.ims_per_batch, a.data.synthetic.image_size, a.resources) == \
+        (b.model, b.solver.ims_per_batch, b.data.synthetic.image_size, b.resources)
+
+
+def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | None,
+               spaces: Path = SHIPPED_SPACES) -> list[NextStep]:
+    """The next step for each open claim of `found` (once per claim and size) that a shipped space
+    other than this study answers; priced with `info`'s trials seconds where it has them."""
+    if cfg is None:
+        return []
+    this = plan_study(cfg).iterations_forked
+    trials_s = (info.phases_s.get("trials") if info is not None else None) or None
+    out: list[NextStep] = []
+    for claim in found:
+        answer = ANSWERS.get(claim.claim)
+        if not _open(claim) or answer is None or Path(answer[0]).stem == cfg.name:
+            continue
+        if any((s.claim, s.size) == (claim.claim, claim.size) for s in out):
+            continue
+        other = load_study(spaces / answer[0])
+        iterations = plan_study(other).iterations_forked
+        if not _same_model(cfg, other):
+            cost = "of another model or image size: price it with `study plan --s-per-iter`"
+        elif trials_s is None or info is None:
+            cost = f"{iterations / this:.1f}x this study's (its time was not recorded: no run.json)"
+        else:
+            cached = (other.pretrain, other.model.backbone) == (cfg.pretrain, cfg.model.backbone)
+            minutes = (trials_s / this * iterations + (0.0 if cached else info.phases_s.get("pretraining", 0.0))) / 60
+            cost = (f"{iterations / this:.1f}x this study's: about {minutes:.0f} min on this machine at this run's "
+                    f"{trials_s / this:.2f} s of trials per iteration" + (", its pre-training cached" if cached else ""))
+        out.append(NextStep(claim=claim.claim, size=claim.size, space=f"{spaces.name}/{answer[0]}",
+                            why=answer[1], iterations=iterations, cost=cost))
+    return out

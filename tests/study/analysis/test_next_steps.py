@@ -1,0 +1,59 @@
+"""The next step for each claim a study left open: the shipped space that answers it, priced from
+the run's own measured speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from study.analysis.claims import judge
+from study.analysis.next_steps import next_steps
+from study.analysis.report import write_report
+from study.analysis.results import load_results, run_config
+from study.config import load_study, study_from_dict
+from study.layout import read_run_info
+from study.plan.budget import plan_study
+from tests.conftest import REPO
+
+RUN = REPO / "bench" / "results" / "runs" / "default_avx2_s6to11_20261206"  # the default, seeds 6-11
+
+
+def _claims(run: Path):
+    found, _ = judge(load_results(run), early_window=(0, 400), margin=1.5)
+    return found
+
+
+def test_scratch_not_caught_up_points_to_catch_up_yaml_priced_at_this_runs_speed() -> None:
+    cfg = study_from_dict(run_config(RUN))
+    info = read_run_info(RUN)
+    found = _claims(RUN)
+    assert {c.claim: c.verdict for c in found}["catches_up"] == "CONTRADICTED"
+    steps = next_steps(found, cfg, info)
+    assert [(s.claim, s.space) for s in steps] == [("catches_up", "search_spaces/catch_up.yaml")]
+    other = plan_study(load_study(REPO / "search_spaces" / "catch_up.yaml")).iterations_forked
+    this = plan_study(cfg).iterations_forked
+    assert (steps[0].iterations, this) == (other, 10_920) and other == 22_080
+    minutes = info.phases_s["trials"] / this * other / 60  # the same pre-training: cached
+    assert f"about {minutes:.0f} min on this machine" in steps[0].text() and "pre-training cached" in steps[0].text()
+    # a settled claim has no next step; without run.json there is no price; catch_up.yaml is its own answer
+    assert next_steps([c for c in found if c.verdict == "SUPPORTED"], cfg, info) == []
+    assert "its time was not recorded" in next_steps(found, cfg, None)[0].cost
+    assert next_steps(found, dataclasses.replace(cfg, name="catch_up"), info) == []
+
+
+def test_the_report_and_the_summary_end_with_the_next_steps(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    report, summary = write_report(run, tmp_path / "report")
+    tail = summary.strip().splitlines()
+    assert tail[-2] == "next steps (the claims this study left open):"
+    assert tail[-1].startswith("- Next for catches_up on 3000 images: `study run search_spaces/catch_up.yaml`")
+    assert "## Next steps (the claims this study left open)" in report.read_text()
+
+
+@pytest.mark.parametrize("space", ["catch_up.yaml", "laptop.yaml"])
+def test_the_spaces_named_as_next_steps_are_shipped(space: str) -> None:
+    assert load_study(REPO / "search_spaces" / space).name == Path(space).stem
