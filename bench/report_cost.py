@@ -19,7 +19,20 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
+
+
+def _steps(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
+    """`config['steps']` sleeps of `config['step_s']`, a progress row to `report` every
+    `config['every']` (0: none), then a last row with the loop's own seconds."""
+    start = time.perf_counter()
+    for it in range(1, config["steps"] + 1):
+        time.sleep(config["step_s"])
+        if config["every"] and it % config["every"] == 0:
+            report({"iteration": it, "bbox_AP": float("nan"), "timesteps_total": it})
+    report({"iteration": config["steps"], "bbox_AP": 1.0, "timesteps_total": config["steps"],
+            "loop_s": time.perf_counter() - start})
 
 
 def tune_trainable(config: dict[str, Any]) -> None:
@@ -28,25 +41,13 @@ def tune_trainable(config: dict[str, Any]) -> None:
     from study.tune.launch import ray_env_defaults
 
     ray_env_defaults()
-    start = time.perf_counter()
-    for it in range(1, config["steps"] + 1):
-        time.sleep(config["step_s"])
-        if config["every"] and it % config["every"] == 0:
-            ray.tune.report({"iteration": it, "bbox_AP": float("nan"), "timesteps_total": it})
-    ray.tune.report({"iteration": config["steps"], "bbox_AP": 1.0, "timesteps_total": config["steps"],
-                     "loop_s": time.perf_counter() - start})
+    _steps(config, ray.tune.report)
 
 
 def train_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    start = time.perf_counter()
-    for it in range(1, config["steps"] + 1):
-        time.sleep(config["step_s"])
-        if config["every"] and it % config["every"] == 0:
-            ray.train.report({"iteration": it, "bbox_AP": float("nan"), "timesteps_total": it})
-    ray.train.report({"iteration": config["steps"], "bbox_AP": 1.0, "timesteps_total": config["steps"],
-                      "loop_s": time.perf_counter() - start})
+    _steps(config, lambda row: ray.train.report(row))
 
 
 def train_trainable(config: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from study.analysis.claims import Claim
 from study.config import StudyConfig, load_study
-from study.layout import RunInfo
+from study.layout import RUN_INFO, RunInfo
 from study.plan.budget import plan_study
 
 SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -77,7 +77,8 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
         if not _same_model(cfg, other):
             cost = "of another model or image size: price it with `study plan --s-per-iter`"
         elif trials_s is None or info is None:
-            cost = f"{iterations / this:.1f}x this study's (its time was not recorded: no run.json)"
+            cost = (f"{iterations / this:.1f}x this study's (not priced: a single run's {RUN_INFO} holds the "
+                    "time it is priced from)")
         else:
             cached = (other.pretrain, other.model.backbone) == (cfg.pretrain, cfg.model.backbone)
             minutes = (trials_s / this * iterations + (0.0 if cached else info.phases_s.get("pretraining", 0.0))) / 60

@@ -40,7 +40,7 @@ def test_scratch_not_caught_up_points_to_catch_up_yaml_priced_at_this_runs_speed
     assert f"about {minutes:.0f} min on this machine" in steps[0].text() and "pre-training cached" in steps[0].text()
     # a settled claim has no next step; without run.json there is no price; catch_up.yaml is its own answer
     assert next_steps([c for c in found if c.verdict == "SUPPORTED"], cfg, info) == []
-    assert "its time was not recorded" in next_steps(found, cfg, None)[0].cost
+    assert "not priced: a single run's run.json" in next_steps(found, cfg, None)[0].cost
     assert next_steps(found, dataclasses.replace(cfg, name="catch_up"), info) == []
 
 
