@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="default auto: bf16 autocast where the device has native bf16")
     pretrain.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default adamw")
     pretrain.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=None,
-                          help="GPUs per worker (default: the --study's resources.gpus_per_worker, else "
-                               "0); with GPUs it runs as a Ray Train job, one worker included")
+                          help="GPUs per worker (default: the --study's resources.gpus_per_worker, else 1 "
+                               "where a GPU is visible, else 0); with GPUs it runs as a Ray Train job, "
+                               "one worker included")
     defaults = PretrainConfig()
     for flag, key, kind in (("--epochs", "epochs", float), ("--image-size", "image_size", int),
                             ("--batch-size", "batch_size", int), ("--lr", "base_lr", float),

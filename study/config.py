@@ -112,7 +112,8 @@ class PretrainConfig:
     seed: int = 0
     workers: int = 1  # Ray Train workers; 1 without GPUs runs in the calling process, without Ray
     # GPUs per worker; null: the study's resources.gpus_per_worker (`study pretrain` without
-    # --study: 0). With GPUs the pre-training is a Ray Train job, one worker included.
+    # --study: 1 where a GPU is visible, else 0). With GPUs the pre-training is a Ray Train job,
+    # one worker included.
     gpus_per_worker: float | None = None
     loader_workers: int = 0
     # bf16 autocast of the forward pass where the device has native bf16 (a CUDA GPU that
@@ -386,7 +387,6 @@ class StudyConfig:
         if self.model.norm == "syncbn" and self.resources.gpus_per_worker <= 0:
             raise ConfigError("model.norm", "'syncbn' needs GPUs (resources.gpus_per_worker > 0): "
                               "SyncBatchNorm does not run on CPU tensors; use 'gn' for CPU runs")
-
 
     @property
     def placement_strategy(self) -> str:
