@@ -161,6 +161,10 @@ class SolverConfig:
     drops_before_end: tuple[int, ...] = (60_000, 20_000)
     gamma: float = 0.1
     eval_period: int = 10_000
+    # Evaluations in the final phase (after the schedule's last LR drop) every this many
+    # iterations, counted back from the end, beside eval_period's: the claims on final AP average
+    # each seed over that phase (the final window). null: eval_period's only.
+    final_eval_period: int | None = None
     # Checkpoints (the full training state) every this many iterations, beside the evaluations'
     # own; null: at the evaluations only. What a preempted trial loses at most.
     checkpoint_period: int | None = None
@@ -189,6 +193,8 @@ class SolverConfig:
                  "drops_before_end", f"{list(drops)!r} must be strictly decreasing, e.g. [60000, 20000]")
         require(0 < self.gamma < 1, "gamma", f"{self.gamma!r} must be in (0, 1)")
         require(self.eval_period > 0, "eval_period", f"{self.eval_period!r} must be > 0")
+        require(self.final_eval_period is None or self.final_eval_period > 0, "final_eval_period",
+                f"{self.final_eval_period!r} must be > 0, or null for eval_period's evaluations only")
         require(self.checkpoint_period is None or self.checkpoint_period > 0, "checkpoint_period",
                 f"{self.checkpoint_period!r} must be > 0, or null for a checkpoint at each evaluation only")
         require(self.log_period > 0, "log_period", f"{self.log_period!r} must be > 0")
@@ -352,6 +358,27 @@ class AnalysisConfig:
                 "for the evaluations up to early_iteration")
 
 
+# How the looks' significance levels are spent (Lan-DeMets; `study.analysis.sequential`).
+Spending = Literal["obrien_fleming", "pocock"]
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """Seeds added while a claim is open: after the grid's seeds (the first look) every claim is
+    judged; while one is open and fewer than `max_seeds` have run, `step` more seeds train (in the
+    training-set sizes whose claims are open) and the claims are judged again. The 5% of each
+    verdict is spent over the planned looks (`spending`), so that looking more than once does not
+    raise its error rate."""
+
+    max_seeds: int
+    step: int = 1
+    spending: Spending = "obrien_fleming"
+
+    def __post_init__(self) -> None:
+        require(self.max_seeds > 1, "max_seeds", f"{self.max_seeds!r} must be > 1")
+        require(self.step > 0, "step", f"{self.step!r} must be > 0")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study: one YAML file in `search_spaces/`."""
@@ -365,6 +392,7 @@ class StudyConfig:
     lr: LRConfig = field(default_factory=lambda: LRConfig(values=(0.02,)))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    evidence: EvidenceConfig | None = None  # null: the grid's seeds, judged once
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
@@ -378,6 +406,10 @@ class StudyConfig:
         window = self.analysis.early_window
         require(window is None or window[1] <= longest, "analysis.early_window",
                 f"{list(window or [])!r} ends past the end of the longest schedule (iteration {longest})")
+        if self.evidence is not None:
+            require(self.evidence.max_seeds > len(self.grid.seeds), "evidence.max_seeds",
+                    f"{self.evidence.max_seeds!r} must exceed the {len(self.grid.seeds)} grid.seeds (the first "
+                    "look), or remove evidence for a study judged once")
         if self.pretrain.norm is None:  # resolved here, so the checkpoint's cache key names it
             object.__setattr__(self, "pretrain",
                                dataclasses.replace(self.pretrain, norm=classifier_norm(self.model.norm)))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,9 +52,10 @@ from study.analysis.tables import at_best_lr, final_table, finished_finals
 from study.plan.trials import Size
 
 LEVEL = 0.95
-INTERVAL_RULE = ("95% interval: mean of the paired per-seed gaps ± t(0.975, n-1) x sd / sqrt(n), "
-                 "Student t with n-1 degrees of freedom; one seed gives no interval. It is over seeds "
-                 "on this val set: the val images' own sampling error is not in it")
+INTERVAL_RULE = ("interval: mean of the paired per-seed gaps ± t(1 - a, n-1) x sd / sqrt(n), Student t with "
+                 "n-1 degrees of freedom, a = 2.5% (a 95% interval) for a study judged once, less at each "
+                 "look of a study that adds seeds (below); one seed gives no interval. It is over seeds on "
+                 "this val set: the val images' own sampling error is not in it")
 MARGIN_CAP_AP, MARGIN_CAP_FRACTION = 1.5, 0.05  # the paper's own 3x gap was 1.3 AP at ~40 AP
 # ... and never more than a quarter of the AP itself: at 2 AP, "within 1.5 AP" would call arms
 # equal that differ by a factor of four
@@ -134,6 +135,9 @@ class Claim:
     detail: str  # what else a reader needs: the catch-up schedule, seeds left out, ...
     paper: str
     window: str = ""  # the evaluations a seed's gap is the mean of, where that is more than one point
+    level: float = LEVEL  # the interval's two-sided level: below 95% only at a sequential design's look
+    look: int | None = None  # the look it was judged at (settled there, or the last one reached)
+    looks: int | None = None  # the looks planned (None: the fixed design, judged once)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values: numpy scalars as Python's, NaN as null."""
@@ -227,11 +231,11 @@ def _verdict(iv: Interval, *, supported: bool, contradicted: bool) -> Verdict:
 
 def _claim(name: str, size: str, iv: Interval, verdict: Verdict, rule: str, *, init: str | None = None,
            schedule: float | None = None, other_schedule: float | None = None, iteration: int | None = None,
-           margin: float | None = None, detail: str = "", window: str = "") -> Claim:
+           margin: float | None = None, detail: str = "", window: str = "", level: float = LEVEL) -> Claim:
     return Claim(claim=name, size=size, init=init, schedule=schedule, other_schedule=other_schedule,
                  iteration=iteration, n_seeds=iv.n,
                  gap=iv.mean, se=iv.se, ci_low=iv.low, ci_high=iv.high, margin=margin, verdict=verdict,
-                 rule=rule, detail=detail, paper=PAPER[name], window=window)
+                 rule=rule, detail=detail, paper=PAPER[name], window=window, level=level)
 
 
 def difference_verdict(iv: Interval) -> Verdict:
@@ -260,10 +264,14 @@ def _join(*parts: str) -> str:
 
 
 def judge(df: pd.DataFrame, *, early_window: tuple[int, int] | None, margin: float = 1.5,
-          tol: float | None = None, metric: str = "bbox_AP") -> tuple[list[Claim], list[str]]:
+          tol: float | None = None, metric: str = "bbox_AP", last_drops: Mapping[float, int] | None = None,
+          level: float = LEVEL) -> tuple[list[Claim], list[str]]:
     """Every claim this study's results can judge, and a sentence for each one they cannot.
     `early_window` holds the first and last iteration of the evaluations `faster_early` averages
-    (None: unknown, not judged)."""
+    (None: unknown, not judged). `last_drops` maps each schedule to the iteration of its last LR
+    drop: the claims on final AP average each seed over the evaluations after it (the final
+    window; None: the last evaluation alone). `level` is the intervals' two-sided level."""
+    win = Windows(early_window, dict(last_drops or {}), level)
     claims: list[Claim] = []
     omitted: list[str] = []
     if df.empty:
@@ -283,11 +291,11 @@ def judge(df: pd.DataFrame, *, early_window: tuple[int, int] | None, margin: flo
     for size in sizes:
         c = curves[curves["size"] == size]
         if both:
-            claims += _arm_comparisons(df, c, table, size, early_window, margin, tol, metric, omitted)
+            claims += _arm_comparisons(df, c, table, size, win, margin, tol, metric, omitted)
         for init in ("scratch", "pretrained"):
             arm = table[(table["size"] == size) & (table["init"] == init)]
             if len(arm) >= 2:
-                claims.append(_overfits(df, c[c["init"] == init], arm, size, init, metric))
+                claims.append(_overfits(df, c[c["init"] == init], arm, size, init, metric, win))
             elif len(arm) == 1:
                 single.setdefault(init, []).append(size)
     for init, where in single.items():
@@ -295,7 +303,7 @@ def judge(df: pd.DataFrame, *, early_window: tuple[int, int] | None, margin: flo
                        "look for")
     small = smallest_size(sizes)
     if both and small is not None:
-        claims.append(_small_data_gap(df, curves[curves["size"] == small], table, small, metric))
+        claims.append(_small_data_gap(df, curves[curves["size"] == small], table, small, metric, win))
     elif both:
         omitted.append("small_data_gap: " + ("one training-set size in this study: no small-data comparison"
                                               if len(sizes) < 2 else
@@ -303,8 +311,41 @@ def judge(df: pd.DataFrame, *, early_window: tuple[int, int] | None, margin: flo
     return claims, omitted
 
 
+@dataclass(frozen=True)
+class Windows:
+    """What a seed's gap averages, and the intervals' level: see `judge`."""
+
+    early: tuple[int, int] | None
+    last_drops: dict[float, int]
+    level: float
+
+    def final_seeds(self, c: pd.DataFrame, schedule: float, metric: str) -> pd.DataFrame:
+        """Per seed (columns seed, `metric`): the mean of `metric` over the final window of its
+        finished `schedule` trial (the evaluations after the last LR drop; without the drops, the
+        last evaluation). A seed missing one of the window's evaluations is left out."""
+        part = c[c["schedule"] == schedule]
+        window = part[part["iteration"] > self.last_drops[schedule]] if schedule in self.last_drops \
+            else part[part["iteration"] == part["iteration"].max()]
+        per_seed = window.groupby("seed")[metric].agg(["mean", "count"])
+        kept = per_seed[per_seed["count"] == window["iteration"].nunique()]
+        return kept["mean"].rename(metric).reset_index()
+
+    def final_span(self, c: pd.DataFrame, schedule: float) -> str:
+        """'iterations 1975-2000 (2 evaluations)': the final window where it holds more than one."""
+        if schedule not in self.last_drops:
+            return ""
+        its = sorted(int(i) for i in c.loc[(c["schedule"] == schedule)
+                                           & (c["iteration"] > self.last_drops[schedule]), "iteration"].unique())
+        return span(its) if len(its) > 1 else ""
+
+
+def span(its: Sequence[int]) -> str:
+    """'iteration 400', or 'iterations 100-400 (4 evaluations)'."""
+    return f"iteration {its[0]}" if len(its) == 1 else f"iterations {its[0]}-{its[-1]} ({len(its)} evaluations)"
+
+
 def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size: str,
-                     window: tuple[int, int] | None, margin: float, tol: float | None, metric: str,
+                     win: Windows, margin: float, tol: float | None, metric: str,
                      omitted: list[str]) -> list[Claim]:
     """faster_early and catches_up at one size."""
     cols = ["schedule", "iteration", "seed", metric]
@@ -316,9 +357,9 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
     longest = common[-1]
     pairs = _pairs(pre, scr, metric, ["schedule", "iteration"])
     out = []
-    first, last = window or (0, 0)
+    first, last = win.early or (0, 0)
     early = pairs[(pairs["schedule"] == longest) & pairs["iteration"].between(first, last)]
-    if window is None:
+    if win.early is None:
         omitted.append(f"faster_early on {size} images: the run saved no study config, so the early "
                        "window (analysis.early_window, early_iteration) is unknown")
     elif early.empty:
@@ -326,31 +367,35 @@ def _arm_comparisons(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, siz
                        "(analysis.early_window / early_iteration; lower solver.eval_period)")
     else:
         its = sorted(int(i) for i in early["iteration"].unique())
-        iv = t_interval(window_means(early).tolist())
-        span = f"iteration {its[0]}" if len(its) == 1 else f"iterations {its[0]}-{its[-1]} ({len(its)} evaluations)"
-        rule = (f"SUPPORTED if the interval of the gap over {span} of the {longest:g}x curve (each seed's mean "
+        iv = t_interval(window_means(early).tolist(), win.level)
+        points = span(its)
+        rule = (f"SUPPORTED if the interval of the gap over {points} of the {longest:g}x curve (each seed's mean "
                 f"over the evaluations in the early window [{first}, {last}], fixed before the run) lies above "
                 "0; CONTRADICTED if below 0")
         out.append(_claim("faster_early", size, iv, difference_verdict(iv), rule, schedule=longest,
                           iteration=its[-1], detail=_left_out(df, size, [longest], metric),
-                          window=span if len(its) > 1 else ""))
-    finals = {s: _pairs(_final_seeds(pre, s, metric), _final_seeds(scr, s, metric), metric, []) for s in common}
+                          window=points if len(its) > 1 else "", level=win.level))
+    finals = {s: _pairs(win.final_seeds(pre, s, metric), win.final_seeds(scr, s, metric), metric, [])
+              for s in common}
     pre_ap = table.loc[(table["size"] == size) & (table["init"] == "pretrained")
                        & (table["schedule"] == longest), "mean"].iloc[0]
     cap = round(min(max(MARGIN_CAP_AP, MARGIN_CAP_FRACTION * pre_ap), MARGIN_CAP_RELATIVE * pre_ap), 2)
     m = min(margin, cap, tol if tol is not None else math.inf)
-    caught = [s for s in common if _within(t_interval(finals[s]["d"].tolist()), m)]
-    iv = t_interval(finals[longest]["d"].tolist())
+    caught = [s for s in common if _within(t_interval(finals[s]["d"].tolist(), win.level), m)]
+    iv = t_interval(finals[longest]["d"].tolist(), win.level)
+    final = win.final_span(c, longest)
     how = f"the margin is {m:g} AP" + (f" (analysis.margin {margin:g}, capped at {cap:g})" if margin > cap
                                         else f" (--tol {tol:g})" if tol is not None and tol < min(margin, cap)
                                         else "")
-    rule = (f"SUPPORTED if the interval of the final gap at {longest:g}x lies within ±{m:g} AP (or wholly "
-            f"below -{m:g}: scratch ahead); CONTRADICTED if it lies above +{m:g}; {how}")
+    rule = (f"SUPPORTED if the interval of the final gap at {longest:g}x"
+            + (f" (each seed's mean over its final window, {final}, after the last LR drop)" if final else "")
+            + f" lies within ±{m:g} AP (or wholly below -{m:g}: scratch ahead); CONTRADICTED if it lies above "
+            f"+{m:g}; {how}")
     first = (f"the gap's interval first enters the margin at {caught[0]:g}x" if caught
              else "at no schedule does the gap's interval lie within the margin")
     out.append(_claim("catches_up", size, iv, equivalence_verdict(iv, m), rule,
                       schedule=longest, iteration=int(pre.loc[pre["schedule"] == longest, "iteration"].max()),
-                      margin=m,
+                      margin=m, window=final, level=win.level,
                       detail=_join(first, _left_out(df, size, [longest], metric))))
     return out
 
@@ -360,37 +405,34 @@ def _within(iv: Interval, margin: float) -> bool:
     return iv.n >= 2 and iv.high <= margin and (iv.low >= -margin or iv.high < -margin)
 
 
-def _final_seeds(c: pd.DataFrame, schedule: float, metric: str) -> pd.DataFrame:
-    """Each seed's final AP at `schedule` (the last evaluation of its finished trial)."""
-    part = c[c["schedule"] == schedule]
-    return part[part["iteration"] == part["iteration"].max()][["seed", metric]]
-
-
-def _small_data_gap(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size: str, metric: str) -> Claim:
+def _small_data_gap(df: pd.DataFrame, c: pd.DataFrame, table: pd.DataFrame, size: str, metric: str,
+                    win: Windows) -> Claim:
     best = {init: table[(table["size"] == size) & (table["init"] == init)].sort_values("mean").iloc[-1]["schedule"]
             for init in ("pretrained", "scratch")}
-    pairs = _pairs(_final_seeds(c[c["init"] == "pretrained"], best["pretrained"], metric),
-                   _final_seeds(c[c["init"] == "scratch"], best["scratch"], metric), metric, [])
-    iv = t_interval(pairs["d"].tolist())
+    pairs = _pairs(win.final_seeds(c[c["init"] == "pretrained"], best["pretrained"], metric),
+                   win.final_seeds(c[c["init"] == "scratch"], best["scratch"], metric), metric, [])
+    iv = t_interval(pairs["d"].tolist(), win.level)
     rule = ("on the smallest training set, SUPPORTED if the interval of pretrained's final AP at its best "
             "schedule minus scratch's at its own lies above 0; CONTRADICTED if below 0")
-    return _claim("small_data_gap", size, iv, difference_verdict(iv), rule,
+    return _claim("small_data_gap", size, iv, difference_verdict(iv), rule, level=win.level,
+                  window=win.final_span(c, best["pretrained"]),
                   schedule=best["pretrained"], other_schedule=best["scratch"],
                   detail=_join(f"pretrained at {best['pretrained']:g}x vs scratch at {best['scratch']:g}x "
                                "(each arm's best schedule)",
                                _left_out(df, size, list(best.values()), metric)))
 
 
-def _overfits(df: pd.DataFrame, c: pd.DataFrame, arm: pd.DataFrame, size: str, init: str, metric: str) -> Claim:
+def _overfits(df: pd.DataFrame, c: pd.DataFrame, arm: pd.DataFrame, size: str, init: str, metric: str,
+              win: Windows) -> Claim:
     longest = arm["schedule"].max()
     shorter = arm[arm["schedule"] < longest].sort_values("mean").iloc[-1]["schedule"]
-    pairs = _pairs(_final_seeds(c, shorter, metric), _final_seeds(c, longest, metric), metric, [])
-    iv = t_interval(pairs["d"].tolist())
+    pairs = _pairs(win.final_seeds(c, shorter, metric), win.final_seeds(c, longest, metric), metric, [])
+    iv = t_interval(pairs["d"].tolist(), win.level)
     rule = (f"SUPPORTED if the interval of the fall from the arm's best shorter schedule ({shorter:g}x) to "
             f"its longest ({longest:g}x), paired per seed, lies above 0; CONTRADICTED if below 0 (it keeps "
             "improving)")
-    return _claim("overfits", size, iv, difference_verdict(iv), rule,
-                  init=init, schedule=longest, other_schedule=shorter,
+    return _claim("overfits", size, iv, difference_verdict(iv), rule, level=win.level,
+                  window=win.final_span(c, longest), init=init, schedule=longest, other_schedule=shorter,
                   detail=_join(f"the best shorter schedule is the highest of {int((arm['schedule'] < longest).sum())},"
                                " which favours a fall", _left_out(df, size, [shorter, longest], metric)))
 
@@ -409,21 +451,28 @@ def interval_text(claim: Claim) -> str:
     return f"{claim.gap:+.1f} ({claim.ci_low:+.1f} to {claim.ci_high:+.1f})"
 
 
+def level_text(level: float) -> str:
+    """'95%', '98.8%': an interval's level as the tables print it."""
+    return f"{100 * level:.3g}%"
+
+
 def where(claim: Claim) -> str:
     """Where the claim is judged, in words: '3x, iteration 15', '2x vs 3x'."""
     if claim.claim == "faster_early":
         return f"{claim.schedule:g}x, " + (claim.window or f"iteration {claim.iteration}")
+    final = f", final {claim.window}" if claim.window else ""
     if claim.claim == "small_data_gap":
-        return f"pretrained {claim.schedule:g}x vs scratch {claim.other_schedule:g}x"
+        return f"pretrained {claim.schedule:g}x vs scratch {claim.other_schedule:g}x{final}"
     if claim.claim == "overfits":
-        return f"{claim.other_schedule:g}x vs {claim.schedule:g}x"
-    return f"{claim.schedule:g}x"
+        return f"{claim.other_schedule:g}x vs {claim.schedule:g}x{final}"
+    return f"{claim.schedule:g}x{final}"
 
 
 def sentence(claim: Claim, metric: str = "bbox_AP") -> str:
     """The claim in words: stated only when SUPPORTED or CONTRADICTED; otherwise what would resolve it."""
     on = f"On {claim.size} training images"
-    iv = f"(95% interval {claim.ci_low:+.1f} to {claim.ci_high:+.1f}, {claim.n_seeds} seeds)"
+    iv = f"({level_text(claim.level)} interval {claim.ci_low:+.1f} to {claim.ci_high:+.1f}, {claim.n_seeds} seeds" \
+        + (f", look {claim.look} of {claim.looks})" if claim.looks else ")")
     if claim.verdict == "INCONCLUSIVE":
         who = f"{claim.claim}" + (f" ({claim.init})" if claim.init else "") + f" on {claim.size} images"
         if claim.n_seeds == 0:

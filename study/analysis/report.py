@@ -25,9 +25,11 @@ from study.analysis import claims, figures, tables
 from study.analysis.next_steps import next_steps
 from study.analysis.pooling import pool_runs
 from study.analysis.results import export_results, final_rows, load_results, read_decisions, run_config
-from study.config import AnalysisConfig, StudyConfig, study_from_dict
+from study.analysis.sequential import describe, judge_study, plan_looks
+from study.config import StudyConfig, study_from_dict
 from study.errors import ConfigError
 from study.plan.budget import plan_study
+from study.plan.evidence import look_sizes, up_to_look
 from study.plan.halving import Decision
 from study.plan.schedule import schedule_for
 
@@ -50,13 +52,14 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     export_results(df, out)
     raw = pooled.config if pooled else run_config(dirs[0])
     cfg = study_from_dict(raw) if raw else None
-    found, omitted = _judge(df, cfg, tol)
+    found, omitted = judge_study(df, cfg, tol)
     claims.write_claims(found, out)
     steps = [s.text() for s in next_steps(found, cfg, None if pooled else layout.read_run_info(dirs[0]))]
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0
-    planned = plan_study(cfg).trials_run if cfg else None
+    reached = max((c.look or 1 for c in found), default=1)  # with evidence: the waves the study ran
+    planned = plan_study(up_to_look(cfg, reached - 1)).trials_run if cfg else None
     decisions = [d for run in dirs for d in read_decisions(run)]
     state = ("complete" if planned is not None and ended >= planned and ended == len(finals)
              else f"partial: {ended} of {planned if planned is not None else '?'} planned trials ended")
@@ -65,11 +68,11 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
         sections.append(("Findings", "No trial has reported yet."))
     else:
         sections += [
-            ("The paper's claims (pretrained - scratch, bbox AP; 95% intervals over paired seeds)",
+            ("The paper's claims (pretrained - scratch, bbox AP; intervals over paired seeds)",
              _claims_table(found)),
             ("Findings", _findings(found, omitted)),
             *([("Next steps (the claims this study left open)", steps)] if steps else []),
-            ("How the verdicts are reached", [claims.INTERVAL_RULE] + [
+            ("How the verdicts are reached", [claims.INTERVAL_RULE, *_design(cfg)] + [
                 f"{c.claim}{f' ({c.init})' if c.init else ''}, {c.size}: {c.rule}" for c in found]),
         ]
         table = tables.final_table(df)
@@ -115,16 +118,9 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     return out / "report.md", (f"{pooled.describe()}\n\n{text}" if pooled else text)
 
 
-def _judge(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None) -> tuple[list[claims.Claim], list[str]]:
-    settings = cfg.analysis if cfg else AnalysisConfig()
-    window = claims.early_window(settings.early_window, settings.early_iteration,
-                                 cfg.solver.unit_iters) if cfg else None
-    return claims.judge(df, early_window=window, margin=settings.margin, tol=tol)
-
-
 def summary(df: pd.DataFrame, cfg: StudyConfig | None = None, tol: float | None = None) -> str:
     """The text `study run` and `study analyze` print: the verdicts first, then the final-AP tables."""
-    return _summary(df, *_judge(df, cfg, tol))
+    return _summary(df, *judge_study(df, cfg, tol))
 
 
 def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], metric: str = "bbox_AP",
@@ -156,13 +152,24 @@ def _summary(df: pd.DataFrame, found: list[claims.Claim], omitted: list[str], me
 
 
 def _claims_table(found: list[claims.Claim]) -> pd.DataFrame:
-    """claim | size | where | the paper on COCO | this study's gap (95% interval) | seeds | verdict."""
+    """claim | size | where | the paper on COCO | this study's gap (interval) | seeds | verdict, and
+    for a sequential design the look each claim was settled (or left open) at."""
+    looks = any(c.looks for c in found)
+    columns = ["claim", "size", "where", "paper (COCO)", "this study: gap (interval)", "seeds",
+               *(["look"] if looks else []), "verdict"]
     return pd.DataFrame([{"claim": c.claim + (f" ({c.init})" if c.init else ""), "size": c.size,
                           "where": claims.where(c), "paper (COCO)": c.paper,
-                          "this study: gap (95% interval)": claims.interval_text(c), "seeds": c.n_seeds,
-                          "verdict": c.verdict} for c in found],
-                        columns=["claim", "size", "where", "paper (COCO)", "this study: gap (95% interval)",
-                                 "seeds", "verdict"])
+                          "this study: gap (interval)": claims.interval_text(c), "seeds": c.n_seeds,
+                          "look": f"{c.look} of {c.looks} ({claims.level_text(c.level)})" if c.looks else "",
+                          "verdict": c.verdict} for c in found], columns=columns)
+
+
+def _design(cfg: StudyConfig | None) -> list[str]:
+    """The sequential design's looks, for a study with `evidence`."""
+    if cfg is None or cfg.evidence is None:
+        return []
+    looks = plan_looks(look_sizes(cfg), cfg.evidence.spending)
+    return [f"Seeds added while a claim is open (evidence): {describe(looks, cfg.evidence.spending)}"]
 
 
 def _findings(found: list[claims.Claim], omitted: list[str]) -> list[str]:

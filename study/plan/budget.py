@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from study.config import StudyConfig
 from study.layout import TRAIN_CHECKPOINTS_KEPT
+from study.plan.evidence import look_sizes, up_to_look, wave
 from study.plan.halving import halving_iterations, stages, survivor_counts
-from study.plan.schedule import fork_points, schedule_for
+from study.plan.schedule import evaluation_points, final_window, fork_points, schedule_for
 from study.plan.trials import sizes
 
 DEFAULT_KEEP = 0.5  # the fraction `study plan` prices halving at when the study sets none
@@ -81,13 +82,17 @@ def plan_study(cfg: StudyConfig, *, lrs: int | None = None, keep: float | None =
 
 
 MIN_EVALUATIONS_LONGEST, MIN_EVALUATIONS_SHORTEST = 6, 2  # a learning curve needs points
+MIN_FINAL_EVALUATIONS = 2  # a final window averages more than one evaluation
 
 
 def evaluations(multiplier: float, cfg: StudyConfig) -> int:
-    """How many evaluations the `multiplier`x schedule has: every `eval_period`, and at its end."""
-    max_iter = schedule_for(multiplier, cfg.solver).max_iter
-    period = cfg.solver.eval_period
-    return max_iter // period + (1 if max_iter % period else 0)
+    """How many evaluations the `multiplier`x schedule has (`evaluation_points`)."""
+    return len(evaluation_points(schedule_for(multiplier, cfg.solver), cfg.solver))
+
+
+def final_evaluations(multiplier: float, cfg: StudyConfig) -> int:
+    """How many of them fall after its last LR drop: the final window the claims on final AP average."""
+    return len(final_window(schedule_for(multiplier, cfg.solver), cfg.solver))
 
 
 def evaluation_warnings(cfg: StudyConfig) -> list[str]:
@@ -101,6 +106,12 @@ def evaluation_warnings(cfg: StudyConfig) -> list[str]:
             out.append(f"warning: the {what} schedule ({multiplier:g}x) has {n} evaluation(s) at "
                        f"solver.eval_period {cfg.solver.eval_period}; its learning curve needs at least "
                        f"{least}: lower solver.eval_period")
+    thin = [s for s in sorted(cfg.grid.schedule) if final_evaluations(s, cfg) < MIN_FINAL_EVALUATIONS]
+    if thin:
+        out.append(f"warning: {', '.join(f'{s:g}x' for s in thin)} evaluate(s) fewer than {MIN_FINAL_EVALUATIONS} times "
+                   "after the last LR drop, so the claims on final AP rest on one evaluation per seed: set "
+                   "solver.final_eval_period (e.g. a third of the last phase, "
+                   f"{cfg.solver.drops_before_end[-1] // 3 or 1} iterations)")
     return out
 
 
@@ -120,7 +131,8 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
         f"  schedule  {', '.join(f'{s:g}x' for s in grid.schedule)} "
         f"(1x = {cfg.solver.unit_iters} iterations of {plan.images_per_iteration} images)",
         f"  size      {', '.join(s.label for s in sizes(grid))}",
-        f"  seeds     {', '.join(str(s) for s in grid.seeds)}",
+        f"  seeds     {', '.join(str(s) for s in grid.seeds)}"
+        + (f" (the first look; up to {cfg.evidence.max_seeds} while a claim is open)" if cfg.evidence else ""),
         f"  lr        {lr}",
         f"  trial     {plan.workers_per_trial} worker(s)"
         + (f", {plan.gpus_per_trial:g} GPU(s)" if plan.gpus_per_trial else ", CPU"),
@@ -140,14 +152,18 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
               "while it runs, one per fork point until its branch starts"
               + (f", Ray Train's last {TRAIN_CHECKPOINTS_KEPT} per trial" if plan.workers_per_trial > 1 else "")
               + f"), {_size(checkpoint_bytes * plan.trials)} when done; plus data and metric logs"]
-    lines.append("evaluations: " + ", ".join(f"{s:g}x {evaluations(s, cfg)}" for s in sorted(grid.schedule))
-                 + f" (every {cfg.solver.eval_period} iterations and at the end)")
+    final = cfg.solver.final_eval_period
+    lines.append("evaluations: " + ", ".join(f"{s:g}x {evaluations(s, cfg)} ({final_evaluations(s, cfg)} after "
+                                             "the last drop)" for s in sorted(grid.schedule))
+                 + f" (every {cfg.solver.eval_period} iterations, at the end"
+                 + (f", every {final} back from the end after the last drop)" if final else ")"))
     lines += evaluation_warnings(cfg)
     if plan.halving or plan.lrs_per_cell > 1:
         counts = survivor_counts(plan.lrs_per_cell, plan.keep, len(grid.schedule))
         lines.append(f"halving{'' if plan.halving else ' (if on)'}: LRs per cell at " + ", ".join(
             f"{s:g}x {m}" for s, m in zip(sorted(grid.schedule), counts))
             + " (ranked by each schedule's final bbox AP)")
+    lines += _looks(cfg, s_per_iter)
     if s_per_iter is not None:
         for label, iters in (("naive", plan.iterations_separate), ("forked", plan.iterations_forked),
                              ("forked + halving", plan.iterations_halving)):
@@ -155,6 +171,25 @@ def format_plan(cfg: StudyConfig, plan: StudyPlan, *, checkpoint_bytes: int,
             gpu = f", {hours * plan.gpus_per_trial:,.1f} GPU-hours" if plan.gpus_per_trial else ""
             lines.append(f"at {s_per_iter:g} s/iteration {label}: {hours:,.1f} trial-hours{gpu}")
     return "\n".join(lines)
+
+
+def _looks(cfg: StudyConfig, s_per_iter: float | None) -> list[str]:
+    """With `evidence`: what the study has trained by each look, and each look's interval level."""
+    if cfg.evidence is None:
+        return []
+    from study.analysis.sequential import plan_looks  # scipy: only for a study that adds seeds
+
+    looks = plan_looks(look_sizes(cfg), cfg.evidence.spending)
+    lines = [f"looks (seeds added while a claim is open, {cfg.evidence.step} at a time, up to "
+             f"{cfg.evidence.max_seeds}; {cfg.evidence.spending.replace('_', '-')} spending):"]
+    for look in looks:
+        plan = plan_study(up_to_look(cfg, look.number - 1))
+        iters = plan.iterations_halving if plan.halving else plan.iterations_forked
+        cost = f", {iters * s_per_iter / 3600:,.2f} trial-hours" if s_per_iter is not None else ""
+        lines.append(f"  look {look.number}: seeds {', '.join(map(str, wave(cfg, look.number - 1)))} "
+                     f"-> {look.seeds} seeds, {plan.trials_run} trials, {iters:,} iterations{cost} in all; "
+                     f"intervals at {100 * look.level:.3g}%")
+    return lines
 
 
 def _size(n: float) -> str:

@@ -62,3 +62,20 @@ def rescale(solver: SolverConfig, ims_per_batch: int) -> SolverConfig:
         unit_iters=iters(solver.unit_iters), warmup_iters=round(solver.warmup_iters / ratio),
         drops_before_end=tuple(iters(d) for d in solver.drops_before_end),
         eval_period=iters(solver.eval_period))
+
+
+def evaluation_points(schedule: Schedule, solver: SolverConfig) -> tuple[int, ...]:
+    """The (1-based) iterations after which the schedule evaluates: every `eval_period`, the end,
+    and with `final_eval_period` every that many iterations back from the end while after the last
+    LR drop (the final window the claims on final AP average)."""
+    points = set(range(solver.eval_period, schedule.max_iter + 1, solver.eval_period)) | {schedule.max_iter}
+    if solver.final_eval_period is not None and schedule.milestones:
+        last_drop = schedule.milestones[-1]
+        points |= {it for it in range(schedule.max_iter, last_drop, -solver.final_eval_period)}
+    return tuple(sorted(points))
+
+
+def final_window(schedule: Schedule, solver: SolverConfig) -> tuple[int, ...]:
+    """The evaluations after the schedule's last LR drop (its final window)."""
+    after = schedule.milestones[-1] if schedule.milestones else 0
+    return tuple(it for it in evaluation_points(schedule, solver) if it > after)

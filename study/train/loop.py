@@ -14,7 +14,8 @@ knows nothing of Ray: results leave through `report`, files through `sync`.
   alike; a checkpoint keeps every rank's stream.
 - Every `log_period` iterations: a progress row to `report` (losses since the last row, LR,
   images/s; AP NaN, as it is no evaluation), not logged.
-- At every `eval_period` and at the end: COCO bbox and mask AP on the val set, a row appended to
+- At every `eval_period`, at the end and in the final phase every `final_eval_period`
+  (`study.plan.schedule.evaluation_points`): COCO bbox and mask AP on the val set, a row appended to
   the trial's own metric log (durable: Tune can drop pre-crash rows on restore), then a checkpoint.
   Checkpoints also every `checkpoint_period` iterations, so a preempted trial loses at most that.
   A fork checkpoint at the same iteration is written before the checkpoint, so that a run resumed
@@ -49,7 +50,7 @@ from study import layout
 from study.config import StudyConfig
 from study.data.coco import InstanceDataset, collate
 from study.data.sampling import IterationBatchSampler
-from study.plan.schedule import Schedule, lr_at, schedule_for
+from study.plan.schedule import Schedule, evaluation_points, lr_at, schedule_for
 from study.plan.trials import Trial
 from study.train.build import build_detector, build_sgd, trial_datasets
 from study.train.precision import use_bf16
@@ -267,6 +268,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
             fence()
             sync(layout.append_metrics(out_dir, row))
 
+    evaluations = set(evaluation_points(setup.schedule, solver))
     row: dict[str, Any] = {}
     since_eval = Window()  # for the evaluation rows' throughput
     since_report = Window()  # for the progress rows' losses and throughput
@@ -298,7 +300,7 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
         progress.add_losses(losses)
         since_eval.add(losses)
         since_report.add(losses)
-        evaluating = it % solver.eval_period == 0 or it == setup.schedule.max_iter or (it == end and not pause)
+        evaluating = it in evaluations or (it == end and not pause)
         pausing = pause and it == end
         checkpointing = (evaluating or pausing or
                          (solver.checkpoint_period is not None and it % solver.checkpoint_period == 0))

@@ -22,6 +22,7 @@ from study import layout
 from study.config import StudyConfig, dump_study
 from study.errors import ConfigError
 from study.plan.budget import evaluation_warnings, plan_study
+from study.plan.evidence import look_sizes, up_to_look
 from study.plan.trials import Point
 from study.tune.launch import start_ray
 from study.tune.preflight import check_study_data
@@ -99,10 +100,13 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
                        pretrained_weights=weights, weights_in_store=in_store)
     trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), trial_resources)
     plan = plan_study(cfg)
+    most = plan_study(up_to_look(cfg, len(look_sizes(cfg)) - 1))  # every seed, if every look is needed
     iterations = (plan.iterations_halving if plan.halving else plan.iterations_forked) if forking \
         else plan.iterations_separate
     how = (" with forking and halving" if plan.halving else " with forking") if forking else ""
-    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations{how} -> {run_dir}")
+    more = (f" at the first look ({len(cfg.grid.seeds)} seeds), up to {most.trials} trials with "
+            f"{cfg.evidence.max_seeds} seeds while a claim is open" if cfg.evidence else "")
+    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations{how}{more} -> {run_dir}")
     for line in evaluation_warnings(cfg):
         print(line)
     print(f"watch: tensorboard --logdir {store.uri(name, layout.TUNE)}"
@@ -115,7 +119,7 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=StudySearcher(cfg, forking=forking, files=RunFiles(store.uri(), name)),
-                num_samples=plan.tune_trials,  # at most: halving may drop LRs that diverge
+                num_samples=most.tune_trials,  # at most: halving may drop LRs, the looks may stop early
                 metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
                 reuse_actors=True,  # one process per concurrent slot: no torch import per trial
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name),

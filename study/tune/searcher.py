@@ -41,6 +41,7 @@ from ray.tune.search import Searcher
 
 from study import layout
 from study.config import LRConfig, LRSampler, StudyConfig
+from study.plan.evidence import look_sizes, wave
 from study.plan.halving import Decision, Stage, rank, stages
 from study.plan.schedule import fork_points
 from study.plan.trials import Point, Size, Trial, lineage, sizes
@@ -194,6 +195,19 @@ class RunFiles:
         if store.remote:
             store.put(self.journal(), f"{self.name}/{layout.OPTUNA_JOURNAL}")
 
+    def results(self) -> Any:
+        """The run's results so far (`study.analysis.results.load_results`), read from the store."""
+        import tempfile
+
+        from study.analysis.results import load_results
+        from study.tune.storage import fetch_run
+
+        store = self._store()
+        if not store.remote:
+            return load_results(store.local(self.name))
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_results(fetch_run(store, self.name, Path(tmp) / self.name))
+
     def write_decisions(self, decisions: list[Decision]) -> None:
         self._store().write_text(f"{self.name}/{layout.HALVING}",
                                  json.dumps([d.to_dict() for d in decisions], indent=1))
@@ -227,8 +241,12 @@ class StudySearcher(Searcher):
             raise ValueError("halving continues the trunks of the kept LRs: it needs forking")
         if lr.is_search and files is None:
             raise ValueError("an Optuna search needs RunFiles (where its journal lives)")
-        groups: list[Group] = [(init, size, seed)
-                               for init in grid.init for size in sizes(grid) for seed in grid.seeds]
+        if cfg.evidence is not None and files is None:
+            raise ValueError("adding seeds while a claim is open needs RunFiles (where the results are)")
+        self._cfg = cfg
+        self._look = 0  # with evidence: the look the trials in flight lead to (0-based)
+        self._stopped = cfg.evidence is None  # no more seeds to add
+        self._outstanding: set[str] = set()  # Tune trials suggested, not yet complete
         self._lr = lr
         self._files = files
         self._forks = fork_points(grid.schedule, cfg.solver)
@@ -236,9 +254,8 @@ class StudySearcher(Searcher):
         self._forking = forking
         self._keep = None if lr.halving is None else lr.halving.keep
         self._stages: list[Stage] = stages(grid.schedule, cfg.solver) if self._keep is not None else []
-        self._draws: list[tuple[Group, float | None]] = (
-            [(g, None) for _ in range(lr.samples) for g in groups] if lr.is_search
-            else [(g, v) for v in lr.values for g in groups])
+        self._draws = self._draws_for([(init, size, seed) for init in grid.init for size in sizes(grid)
+                                       for seed in wave(cfg, 0)])
         self._ready: list[Point] = []  # trunk segments that continue (halving), suggested first
         self._branches: list[Point] = []
         self._points: dict[str, Point] = {}  # Tune trial id -> what it trains
@@ -257,12 +274,18 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         point = self._next()
+        if point is None and self._finished() and not self._stopped and not self._outstanding:
+            self._after_look()  # every trial of this look has ended: judge, maybe add seeds
+            point = self._next()
         if point is None:
-            return Searcher.FINISHED if self._finished() else None  # None: waiting for a stage
+            # None: waiting for a halving stage or the end of a look
+            return Searcher.FINISHED if self._finished() and self._stopped else None
         self._points[trial_id] = point
+        self._outstanding.add(trial_id)
         return point.to_config()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._outstanding.discard(trial_id)
         point = self._points.get(trial_id)
         if point is None:
             return
@@ -297,10 +320,41 @@ class StudySearcher(Searcher):
         return None
 
     def _finished(self) -> bool:
-        """Nothing left to suggest, and no halving stage waiting for results."""
+        """Nothing left to suggest at this look, and no halving stage waiting for results."""
         if self._keep is None:
             return True
         return all(stage == len(self._stages) for stage in self._stage.values())
+
+    def _draws_for(self, groups: list[Group]) -> list[tuple[Group, float | None]]:
+        """The lineages to start for `groups`: each at every listed LR, or `lr.samples` Optuna draws."""
+        lr = self._lr
+        return ([(g, None) for _ in range(lr.samples) for g in groups] if lr.is_search
+                else [(g, v) for v in lr.values for g in groups])
+
+    def _after_look(self) -> None:
+        """Judge the claims on every seed so far (`study.analysis.sequential`); while one is open and
+        a look remains, queue the next wave of seeds in the training-set sizes with open claims."""
+        from study.analysis.sequential import judge_study, open_sizes
+
+        assert self._files is not None and self._cfg.evidence is not None
+        cfg = self._cfg
+        found, _ = judge_study(self._files.results(), cfg)
+        settled = ", ".join(f"{c.claim}{f' ({c.init})' if c.init else ''} {c.verdict} on {c.size}"
+                            for c in found if c.verdict != "INCONCLUSIVE") or "none settled"
+        sizes_open = open_sizes(found)
+        last = self._look + 1 == len(look_sizes(cfg))
+        head = f"look {self._look + 1} of {len(look_sizes(cfg))} ({look_sizes(cfg)[self._look]} seeds): {settled}"
+        if not sizes_open or last:
+            self._stopped = True
+            left = "" if not sizes_open else f"; left open: {', '.join(c.claim for c in found if c.verdict == 'INCONCLUSIVE')}"
+            print(f"{head}{left}; no more seeds", flush=True)
+            return
+        self._look += 1
+        seeds = wave(cfg, self._look)
+        print(f"{head}; open on {', '.join(sorted(sizes_open))} images: adding seed(s) "
+              f"{', '.join(map(str, seeds))}", flush=True)
+        self._draws += self._draws_for([(init, size, seed) for init in cfg.grid.init for size in sizes(cfg.grid)
+                                        if size.label in sizes_open for seed in seeds])
 
     def _start(self, group: Group, lr: float) -> Point:
         """The first trial of a new lineage; its other trials are queued."""

@@ -177,7 +177,7 @@ def test_claims_json_and_the_report_open_with_the_verdicts(run: Path) -> None:
     md = report.read_text().splitlines()
     assert md[2].startswith("## The paper's claims") and "| claim | size | where | paper (COCO) |" in md[4]
     assert any("36.8 vs pretrained 40.3" in line and "SUPPORTED" in line for line in md[:12])
-    assert summary.startswith("the paper's claims (pretrained - scratch, bbox_AP):\n  95% interval")
+    assert summary.startswith("the paper's claims (pretrained - scratch, bbox_AP):\n  interval: mean of the paired")
     assert "Student t with n-1 degrees of freedom" in summary
     assert "over seeds on this val set: the val images' own sampling error is not in it" in summary
     assert (run / "out" / "gap_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -218,3 +218,69 @@ def test_halving_waits_for_a_stage_instead_of_finishing() -> None:
 def test_halving_without_forking_is_refused() -> None:
     with pytest.raises(ValueError, match="needs forking"):
         StudySearcher(HALVING, forking=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds added while a claim is open (evidence)
+# --------------------------------------------------------------------------------------------------
+
+EVIDENCE = {
+    "name": "s", "solver": {**SOLVER, "eval_period": 2},
+    "grid": {"init": ["scratch", "pretrained"], "schedule": [1, 2], "train_images": [8], "seeds": [0, 1, 2]},
+    "lr": {"values": [0.02]}, "analysis": {"early_iteration": 6, "margin": 1.5},
+    "evidence": {"max_seeds": 5, "step": 1},
+}
+
+
+def _write_trial(run: Path, point: dict, gap_at_end: float) -> None:
+    """The metric log a finished trial of `point` would leave: pretrained ahead by 10 AP early
+    (+ a seed's jitter), `gap_at_end` (+ jitter) at its last evaluations."""
+    from study import layout
+    from study.plan.trials import Point
+
+    trial = Point.from_config(point).trial
+    end = round(trial.schedule * SOLVER["unit_iters"])
+    jitter = (trial.seed * 7919 % 13) / 13 - 0.5  # in [-0.5, 0.5), a seed's own
+    folder = run / layout.TRIALS / trial.name()
+    folder.mkdir(parents=True, exist_ok=True)
+    for it in range(2, end + 1, 2):
+        ahead = (10.0 if it <= 6 else gap_at_end) + jitter
+        ap = 50.0 + it + (ahead if trial.init == "pretrained" else 0.0)
+        layout.append_metrics(folder, {"iteration": it, "status": "finished" if it == end else "running",
+                                       **trial.columns(), "bbox_AP": ap, "segm_AP": ap})
+
+
+def _run_waves(tmp_path: Path, gap_at_end: float) -> tuple[list[dict], list[str]]:
+    """Drive the searcher as Tune would, each trial ending (and writing its log) before the next
+    suggestion; returns the points and the searcher's printed look lines."""
+    import contextlib
+    import io
+
+    cfg = study_from_dict(EVIDENCE)
+    searcher = StudySearcher(cfg, files=_files(tmp_path))
+    points, out = [], io.StringIO()
+    with contextlib.redirect_stdout(out):
+        while (point := searcher.suggest(f"t{len(points)}")) != "FINISHED":
+            assert isinstance(point, dict)
+            _write_trial(tmp_path / "s", point, gap_at_end)
+            searcher.on_trial_complete(f"t{len(points)}", {"bbox_AP": 1.0})
+            points.append(point)
+    return points, out.getvalue().splitlines()
+
+
+def test_with_both_claims_settled_at_the_first_look_no_seed_is_added(tmp_path: Path) -> None:
+    points, lines = _run_waves(tmp_path, gap_at_end=0.0)
+    assert sorted({p["seed"] for p in points}) == [0, 1, 2] and len(points) == 3 * 2 * 2
+    assert len(lines) == 1 and lines[0].startswith("look 1 of 3 (3 seeds): faster_early SUPPORTED on 8")
+    assert "catches_up SUPPORTED on 8" in lines[0] and lines[0].endswith("no more seeds")
+
+
+def test_while_a_claim_is_open_the_searcher_adds_a_seed_at_each_look_up_to_max_seeds(tmp_path: Path) -> None:
+    # a final gap of 1.5 AP with jitter: never inside the 1.5 margin, never clear of it
+    points, lines = _run_waves(tmp_path, gap_at_end=1.5)
+    assert [p["seed"] for p in points][-4:] == [4, 4, 4, 4]  # the last wave: seed 4, 2 inits x 2 schedules
+    assert sorted({p["seed"] for p in points}) == [0, 1, 2, 3, 4] and len(points) == 5 * 2 * 2
+    assert [line.split(":")[0] for line in lines] == ["look 1 of 3 (3 seeds)", "look 2 of 3 (4 seeds)",
+                                                       "look 3 of 3 (5 seeds)"]
+    assert lines[0].endswith("open on 8 images: adding seed(s) 3") and lines[1].endswith("adding seed(s) 4")
+    assert "faster_early SUPPORTED" in lines[0] and lines[2].endswith("left open: catches_up; no more seeds")
