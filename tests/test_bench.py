@@ -160,3 +160,12 @@ def test_the_other_shapes_set_holds_only_classes_the_detector_does_not_detect(tm
     train, val, classes = load_image_folder(tmp_path / "o", 64)
     assert classes == sorted(["pentagon", "cross", "ring", "crescent", "arrow"]) and not set(classes) & set(CLASSES)
     assert (len(train), len(val)) == (10, 5) and sorted(train.targets) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_the_sequential_designs_table_prints_a_row_per_design() -> None:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "sequential_designs.py"), "--studies", "40"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = out.stdout.strip().splitlines()
+    assert rows[0].startswith("| design | null: SUPPORTED") and len(rows) == 2 + 8
+    assert rows[5].startswith("| 4, then 5 seeds, obrien-fleming |")

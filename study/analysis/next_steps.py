@@ -20,14 +20,15 @@ from study.analysis.claims import Claim
 from study.config import StudyConfig, load_study
 from study.layout import RUN_INFO, RunInfo
 from study.plan.budget import plan_study
+from study.plan.evidence import look_sizes, up_to_look
 
 SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
 # claim -> (the shipped space that settles it on the synthetic set, what it does differently)
 ANSWERS = {
-    "catches_up": ("catch_up.yaml", "the same model on two shape classes, 3x = 6,000 images per lineage, "
-                                    "six seeds: where scratch catches up"),
-    "faster_early": ("catch_up.yaml", "six seeds, and a wider early gap on two classes"),
+    "catches_up": ("catch_up.yaml", "the same model on two shape classes, up to 5x = 10,000 images per "
+                                    "lineage, four seeds and a fifth while a claim is open: where scratch catches up"),
+    "faster_early": ("catch_up.yaml", "four or five seeds, and a wider early gap on two classes"),
     "small_data_gap": ("laptop.yaml", "a 30-image training set beside 3,000"),
 }
 
@@ -40,12 +41,14 @@ class NextStep:
     size: str
     space: str  # the shipped file, relative to the project (search_spaces/...)
     why: str
-    iterations: int  # its trial iterations, with forking
+    iterations: int  # its trial iterations, with forking (at its first look, if it adds seeds)
+    most: int  # ... and if every look is needed
     cost: str  # what it takes on this machine, or why that cannot be said
 
     def text(self) -> str:
+        more = f" (up to {self.most:,} if every look is needed)" if self.most > self.iterations else ""
         return (f"Next for {self.claim} on {self.size} images: `study run {self.space}` ({self.why}): "
-                f"{self.iterations:,} trial iterations, {self.cost}.")
+                f"{self.iterations:,} trial iterations{more}, {self.cost}.")
 
 
 def _open(claim: Claim) -> bool:
@@ -74,6 +77,7 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
             continue
         other = load_study(spaces / answer[0])
         iterations = plan_study(other).iterations_forked
+        most = plan_study(up_to_look(other, len(look_sizes(other)) - 1)).iterations_forked
         if not _same_model(cfg, other):
             cost = "of another model or image size: price it with `study plan --s-per-iter`"
         elif trials_s is None or info is None:
@@ -81,9 +85,13 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
                     "time it is priced from)")
         else:
             cached = (other.pretrain, other.model.backbone) == (cfg.pretrain, cfg.model.backbone)
-            minutes = (trials_s / this * iterations + (0.0 if cached else info.phases_s.get("pretraining", 0.0))) / 60
-            cost = (f"{iterations / this:.1f}x this study's: about {minutes:.0f} min on this machine at this run's "
-                    f"{trials_s / this:.2f} s of trials per iteration" + (", its pre-training cached" if cached else ""))
+            def minutes(n: int) -> float:
+                return (trials_s / this * n + (0.0 if cached else info.phases_s.get("pretraining", 0.0))) / 60
+
+            upto = f" ({minutes(most):.0f} with every look)" if most > iterations else ""
+            cost = (f"{iterations / this:.1f}x this study's: about {minutes(iterations):.0f} min{upto} on this "
+                    f"machine at this run's {trials_s / this:.2f} s of trials per iteration"
+                    + (", its pre-training cached" if cached else ""))
         out.append(NextStep(claim=claim.claim, size=claim.size, space=f"{spaces.name}/{answer[0]}",
-                            why=answer[1], iterations=iterations, cost=cost))
+                            why=answer[1], iterations=iterations, most=most, cost=cost))
     return out

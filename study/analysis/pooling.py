@@ -77,10 +77,13 @@ def _compared(raw: Mapping[str, Any]) -> dict[str, Any]:
             if not any(k == d or k.startswith(d + ".") for d in MAY_DIFFER)}
 
 
-def pool_configs(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def pool_configs(configs: Mapping[str, Mapping[str, Any]],
+                 trained: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """The shared config of runs (name -> the resolved config each saved) with their seeds
     joined, in the order given; a ConfigError naming the first key that differs, or a seed that
-    two runs both trained."""
+    two runs both trained. `trained` gives each run's seeds as its results hold them (a run with
+    `evidence` trains more than its grid.seeds); without it, the configs' grid.seeds. The pooled
+    runs are judged once, over all their seeds: the pooled config has no `evidence`."""
     names = list(configs)
     if not names:
         raise ConfigError("RUN_DIR", "no runs to pool")
@@ -94,13 +97,14 @@ def pool_configs(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 raise ConfigError("RUN_DIR", f"{name} is not the same study as {first}: {key} is "
                                              f"{mine.get(key)!r} there and {ref.get(key)!r} in {first}; "
                                              f"runs pool only when they differ in {', '.join(MAY_DIFFER)}")
-        for seed in configs[name].get("grid", {}).get("seeds", []):
+        for seed in (trained[name] if trained is not None else configs[name].get("grid", {}).get("seeds", [])):
             if seed in seen:
                 raise ConfigError("RUN_DIR", f"seed {seed} is in both {seen[seed]} and {name}: a seed pooled "
                                              "twice would count one pair twice; pool runs with different seeds")
             seen[seed] = name
     pooled = copy.deepcopy(dict(configs[first]))
     pooled["grid"] = {**pooled.get("grid", {}), "seeds": list(seen)}
+    pooled["evidence"] = None
     return pooled
 
 
@@ -117,11 +121,13 @@ def pool_runs(run_dirs: Sequence[str | Path]) -> PooledRuns:
             raise ConfigError("RUN_DIR", f"{d} has no saved study config (study.yaml): it cannot be checked to "
                                          "be the same study as the others, so it is not pooled")
         configs[name] = raw
-    config = pool_configs(configs)
     frames = [load_results(d).assign(run=name) for name, d in zip(names, dirs)]
+    trained = {name: list(dict.fromkeys(int(s) for s in f["seed"])) or list(configs[name]["grid"]["seeds"])
+               for name, f in zip(names, frames)}
+    config = pool_configs(configs, trained)
     results = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     infos = {name: read_run_info(d) for name, d in zip(names, dirs)}
     machines = {name: info.machine for name, info in infos.items() if info is not None}
     return PooledRuns(results=results, config=config,
-                      seeds={name: list(configs[name]["grid"]["seeds"]) for name in names}, infos=infos,
+                      seeds=trained, infos=infos,
                       caveat=precision_caveat(config, machines))

@@ -137,9 +137,11 @@ def judge_study(df: pd.DataFrame, cfg: StudyConfig | None, tol: float | None = N
 def judge_looks(df: pd.DataFrame, seeds: Sequence[int], looks: Sequence[Look],
                 **judge: Any) -> tuple[list[claims.Claim], list[str]]:
     """Each claim at the first look where it is settled, else at the last look its training-set size
-    reached. At look j a size counts the first `looks[j].seeds` of `seeds` once all their trials
-    there have ended; a size whose seeds stopped earlier (its claims settled) keeps the seeds it
-    has, so claims across sizes (small_data_gap) still see it. Seeds not in `seeds` are ignored."""
+    reached. At look j > 1 a size counts the first `looks[j].seeds` of `seeds` once all their
+    trials there have ended; a size whose seeds stopped earlier (its claims settled) keeps the
+    seeds it has, so claims across sizes (small_data_gap) still see it. The first look is judged
+    on whatever of its seeds has finished (a run in progress reads as a fixed design's would).
+    Seeds not in `seeds` are ignored."""
     out: dict[tuple[str, str, str | None], claims.Claim] = {}
     omitted: list[str] = []
     ended = {size: _ended_seeds(rows) for size, rows in df.groupby("size", sort=False)}
@@ -147,9 +149,9 @@ def judge_looks(df: pd.DataFrame, seeds: Sequence[int], looks: Sequence[Look],
         parts, fresh = [], set()
         for size, rows in df.groupby("size", sort=False):
             reached = [lk.seeds for lk in looks if set(seeds[:lk.seeds]) <= ended[size]]
-            if reached and reached[-1] >= look.seeds:
-                fresh.add(size)
-            n = min(look.seeds, reached[-1]) if reached else 0
+            if look.number == 1 or (reached and reached[-1] >= look.seeds):
+                fresh.add(size)  # the first look is judged on what has ended, as a fixed design's
+            n = min(look.seeds, reached[-1]) if reached else looks[0].seeds
             parts.append(rows[rows["seed"].isin(seeds[:n])])
         if not fresh:
             break

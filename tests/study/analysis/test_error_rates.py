@@ -7,6 +7,8 @@ true gap is known, judged by the functions the analysis uses.
 - On real noise: A/A studies built from the stored scratch curves of the default study (two
   scratch seeds paired as if they were the two arms, over the early window) give faster_early
   SUPPORTED at most 5% of the time.
+- The same with seeds added while a claim is open (`study.analysis.sequential`): judged at every
+  look, stopped at the first verdict, the rates stay at 2.5% (the looks spend it between them).
 Each also shows the rule can say yes (it is not a test that always answers INCONCLUSIVE).
 """
 
@@ -19,6 +21,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.claims import difference_verdict, equivalence_verdict, t_interval, window_means
+from study.analysis.sequential import Look, plan_looks
 from study.layout import read_metrics
 from tests.conftest import REPO
 
@@ -96,3 +99,38 @@ def test_a_a_studies_on_the_default_studys_real_noise_rarely_support_faster_earl
         iv = t_interval(window_means(pd.DataFrame(rows)).tolist())
         supported += difference_verdict(iv) == "SUPPORTED"
     assert supported / STUDIES <= 0.05 + _mc_error(0.05)
+
+
+def _sequential_rate(rng: np.random.Generator, looks: tuple[Look, ...], gap: float, decide) -> tuple[float, float]:
+    """(how often SUPPORTED, the mean seeds used) over STUDIES studies judged at every look, each
+    stopped at its first verdict (as the searcher stops adding seeds)."""
+    gaps = _window_gaps(rng, gap, looks[-1].seeds)
+    supported, seeds = 0, 0
+    for row in gaps:
+        for look in looks:
+            verdict = decide(t_interval(row[:look.seeds], look.level))
+            if verdict != "INCONCLUSIVE" or look is looks[-1]:
+                supported += verdict == "SUPPORTED"
+                seeds += look.seeds
+                break
+    return supported / STUDIES, seeds / STUDIES
+
+
+@pytest.mark.parametrize(("seeds_at", "spending"), [((4, 5), "obrien_fleming"), ((3, 4, 5, 6), "pocock")])
+def test_looking_at_every_wave_keeps_both_error_rates_at_2_5_percent(seeds_at: tuple[int, ...], spending) -> None:
+    """catch_up.yaml's design (4 seeds, then 5) and a longer one; judged at 95% at each look instead,
+    the four looks of the second would support a null gap about twice as often."""
+    looks = plan_looks(seeds_at, spending)
+    rng = np.random.default_rng(len(seeds_at))
+    null, _ = _sequential_rate(rng, looks, 0.0, difference_verdict)
+    assert null <= 0.025 + _mc_error(0.025)
+    margin = 3.0
+    at_margin, _ = _sequential_rate(rng, looks, margin, lambda iv: equivalence_verdict(iv, margin))
+    assert at_margin <= 0.025 + _mc_error(0.025)
+    # a large true gap settles early: fewer seeds on average than the most
+    found, seeds = _sequential_rate(rng, looks, 8.0, difference_verdict)
+    assert found > 0.9 and seeds < looks[-1].seeds - 0.5
+    if len(looks) > 2:
+        naive = tuple(Look(k + 1, look.seeds, 0.025) for k, look in enumerate(looks))
+        unspent, _ = _sequential_rate(np.random.default_rng(7), naive, 0.0, difference_verdict)
+        assert unspent > 0.025 + _mc_error(0.025)

@@ -16,6 +16,7 @@ from study.analysis.results import load_results, run_config
 from study.config import load_study, study_from_dict
 from study.layout import read_run_info
 from study.plan.budget import plan_study
+from study.plan.evidence import up_to_look
 from tests.conftest import REPO
 
 RUN = REPO / "bench" / "results" / "runs" / "default_avx2_s6to11_20261206"  # the default, seeds 6-11
@@ -33,11 +34,14 @@ def test_scratch_not_caught_up_points_to_catch_up_yaml_priced_at_this_runs_speed
     assert {c.claim: c.verdict for c in found}["catches_up"] == "CONTRADICTED"
     steps = next_steps(found, cfg, info)
     assert [(s.claim, s.space) for s in steps] == [("catches_up", "search_spaces/catch_up.yaml")]
-    other = plan_study(load_study(REPO / "search_spaces" / "catch_up.yaml")).iterations_forked
+    catch_up = load_study(REPO / "search_spaces" / "catch_up.yaml")
+    other, most = plan_study(catch_up).iterations_forked, plan_study(up_to_look(catch_up, 1)).iterations_forked
     this = plan_study(cfg).iterations_forked
-    assert (steps[0].iterations, this) == (other, 10_920) and other == 22_080
+    assert (steps[0].iterations, steps[0].most, this) == (other, most, 10_920) and (other, most) == (22_720, 28_400)
     minutes = info.phases_s["trials"] / this * other / 60  # the same pre-training: cached
-    assert f"about {minutes:.0f} min on this machine" in steps[0].text() and "pre-training cached" in steps[0].text()
+    upto = info.phases_s["trials"] / this * most / 60
+    assert f"about {minutes:.0f} min ({upto:.0f} with every look) on this machine" in steps[0].text()
+    assert "pre-training cached" in steps[0].text() and "(up to 28,400 if every look is needed)" in steps[0].text()
     # a settled claim has no next step; without run.json there is no price; catch_up.yaml is its own answer
     assert next_steps([c for c in found if c.verdict == "SUPPORTED"], cfg, info) == []
     assert "not priced: a single run's run.json" in next_steps(found, cfg, None)[0].cost

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from study.config import GridConfig, HalvingConfig, LRConfig, load_study
-from study.plan.budget import evaluation_warnings, evaluations, format_plan, plan_study
+from study.config import EvidenceConfig, GridConfig, HalvingConfig, LRConfig, load_study
+from study.plan.budget import evaluation_warnings, evaluations, final_evaluations, format_plan, plan_study
+from study.plan.evidence import up_to_look
 from study.plan.schedule import fork_points
 from study.plan.trials import sizes
 from tests.conftest import REPO
@@ -109,31 +110,40 @@ def test_the_disk_estimate_counts_every_checkpoint_file() -> None:
 
 def test_study_plan_warns_when_a_curve_has_too_few_points() -> None:
     default = load_study(REPO / "search_spaces" / "default.yaml")
-    assert [evaluations(s, default) for s in default.grid.schedule] == [3, 5, 8]  # every 100 of 250/500/750
-    assert evaluation_warnings(default) == []  # the shipped default has 8 on its longest schedule
+    # every 100 of 250/500/750, and 12 and 24 before each end (after the last drop, 25 before it)
+    assert [evaluations(s, default) for s in default.grid.schedule] == [3 + 2, 5 + 2, 8 + 2]
+    assert [final_evaluations(s, default) for s in default.grid.schedule] == [3, 3, 3]
+    assert evaluation_warnings(default) == []  # the shipped default has 10 on its longest schedule
     laptop = load_study(REPO / "search_spaces" / "laptop.yaml")
-    assert [evaluations(s, laptop) for s in laptop.grid.schedule] == [3, 6, 9] and not evaluation_warnings(laptop)
+    assert [evaluations(s, laptop) for s in laptop.grid.schedule] == [5, 8, 11] and not evaluation_warnings(laptop)
     catch_up = load_study(REPO / "search_spaces" / "catch_up.yaml")
-    assert [evaluations(s, catch_up) for s in catch_up.grid.schedule] == [2, 4, 6] and not evaluation_warnings(catch_up)
+    assert [evaluations(s, catch_up) for s in catch_up.grid.schedule] == [3, 7, 11] and not evaluation_warnings(catch_up)
     text = format_plan(default, plan_study(default), checkpoint_bytes=1)
-    assert "evaluations: 1x 3, 2x 5, 3x 8 (every 100 iterations and at the end)" in text
-    sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=300))
+    assert ("evaluations: 1x 5 (3 after the last drop), 2x 7 (3 after the last drop), 3x 10 (3 after the last "
+            "drop) (every 100 iterations, at the end, every 12 back from the end after the last drop)") in text
+    sparse = dataclasses.replace(default, solver=dataclasses.replace(default.solver, eval_period=300,
+                                                                     final_eval_period=None))
     assert [evaluations(s, sparse) for s in sparse.grid.schedule] == [1, 2, 3]  # 250 | 300, 500 | 300, 600, 750
     assert evaluation_warnings(sparse) == [
         "warning: the longest schedule (3x) has 3 evaluation(s) at solver.eval_period 300; its learning curve "
         "needs at least 6: lower solver.eval_period",
         "warning: the shortest schedule (1x) has 1 evaluation(s) at solver.eval_period 300; its learning curve "
-        "needs at least 2: lower solver.eval_period"]
+        "needs at least 2: lower solver.eval_period",
+        "warning: 1x, 2x, 3x evaluate(s) fewer than 2 times after the last LR drop, so the claims on final AP rest "
+        "on one evaluation per seed: set solver.final_eval_period (e.g. a third of the last phase, 8 iterations)"]
 
 
-def test_the_catch_up_study_is_the_default_on_two_classes_longer_and_with_six_seeds() -> None:
+def test_the_catch_up_study_is_the_default_on_two_classes_longer_and_adding_a_seed_while_open() -> None:
     """It shares the default's model and stand-in (so a backbone cached by `study run` is reused):
     what differs is the data's classes, the schedule's length, the seeds and where it judges."""
     default = load_study(REPO / "search_spaces" / "default.yaml")
     catch_up = load_study(REPO / "search_spaces" / "catch_up.yaml")
     assert (catch_up.model, catch_up.pretrain, catch_up.lr) == (default.model, default.pretrain, default.lr)
     assert catch_up.data.synthetic.classes == ("circle", "triangle") != default.data.synthetic.classes
-    assert catch_up.grid.seeds == (0, 1, 2, 3, 4, 5) and catch_up.grid.schedule == default.grid.schedule
+    assert catch_up.grid.seeds == (0, 1, 2, 3) and catch_up.grid.schedule == (1, 3, 5)
+    assert catch_up.evidence == EvidenceConfig(max_seeds=5, step=1, spending="obrien_fleming")
     plan, base = plan_study(catch_up), plan_study(default)
-    assert (plan.trials, plan.iterations_forked, base.iterations_forked) == (36, 22_080, 5_460)  # ~4x the default's
+    # per lineage 2,500 + 2 x 170 iterations; 4 seeds at the first look, 5 at the second
+    assert (plan.trials, plan.iterations_forked, base.iterations_forked) == (24, 22_720, 5_460)
+    assert plan_study(up_to_look(catch_up, 1)).iterations_forked == 28_400
     assert (catch_up.analysis.early_iteration, catch_up.analysis.margin) == (500, 3.5)

@@ -4,7 +4,7 @@ import pytest
 
 from study.config import SolverConfig, study_from_dict
 from study.errors import ConfigError
-from study.plan.schedule import lr_at, rescale, schedule_for
+from study.plan.schedule import evaluation_points, final_window, lr_at, rescale, schedule_for
 
 PAPER = SolverConfig()  # 90k unit at 16 images, drops 60k and 20k before the end, warm-up 500
 
@@ -52,3 +52,15 @@ def test_rescale_keeps_the_schedule_in_samples() -> None:
     assert (big.max_iter, big.milestones) == (67_500, (52_500, 62_500))
     assert rescale(PAPER, 64).base_lr == pytest.approx(0.08)
     assert rescale(rescale(PAPER, 8), 16) == PAPER
+
+
+def test_evaluation_points_add_the_final_window_counted_back_from_the_end() -> None:
+    solver = SolverConfig(unit_iters=750, drops_before_end=(80, 25), warmup_iters=50, eval_period=100)
+    three = schedule_for(1, solver)  # drops at 670 and 725
+    assert evaluation_points(three, solver) == (100, 200, 300, 400, 500, 600, 700, 750)
+    assert final_window(three, solver) == (750,)  # one evaluation after the last drop
+    final = SolverConfig(**{**solver.__dict__, "final_eval_period": 12})
+    assert evaluation_points(three, final) == (100, 200, 300, 400, 500, 600, 700, 726, 738, 750)
+    assert final_window(three, final) == (726, 738, 750)  # never at the drop itself (725)
+    coarse = SolverConfig(**{**solver.__dict__, "final_eval_period": 25})
+    assert final_window(three, coarse) == (750,)  # 725 is the drop: its evaluation is before it
