@@ -17,27 +17,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from study.analysis.claims import Interval, difference_verdict, equivalence_verdict, t_interval
-from study.analysis.sequential import Look, plan_looks
+from study.analysis.claims import Interval, Verdict, difference_verdict, equivalence_verdict
+from study.analysis.sequential import Look, first_verdict, plan_looks
 
 DESIGNS: list[tuple[tuple[int, ...], str]] = [
     ((6,), "fixed"), ((4,), "fixed"), ((5,), "fixed"), ((4, 5), "obrien_fleming"), ((4, 5), "pocock"),
     ((4, 5, 6), "obrien_fleming"), ((3, 4, 5), "obrien_fleming"), ((3, 5, 7), "pocock")]
 
 
-def simulate(looks: tuple[Look, ...], gap: float, sd: float, decide: Callable[[Interval], str], *,
+def simulate(looks: tuple[Look, ...], gap: float, sd: float, decide: Callable[[Interval], Verdict], *,
              studies: int, seed: int = 0) -> tuple[float, float]:
     """(how often SUPPORTED, the mean seeds used)."""
     rng = np.random.default_rng(seed)
-    supported, seeds = 0, 0
-    for row in gap + rng.normal(0.0, sd, (studies, looks[-1].seeds)):
-        for look in looks:
-            verdict = decide(t_interval(row[:look.seeds], look.level))
-            if verdict != "INCONCLUSIVE" or look is looks[-1]:
-                supported += verdict == "SUPPORTED"
-                seeds += look.seeds
-                break
-    return supported / studies, seeds / studies
+    judged = [first_verdict(row, looks, decide) for row in gap + rng.normal(0.0, sd, (studies, looks[-1].seeds))]
+    return (sum(verdict == "SUPPORTED" for verdict, _ in judged) / studies,
+            sum(look.seeds for _, look in judged) / studies)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     n = args.studies
 
-    def equivalent(iv: Interval) -> str:
+    def equivalent(iv: Interval) -> Verdict:
         return equivalence_verdict(iv, args.margin)
 
     low, high = args.gaps

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,18 @@ def plan_looks(seeds_at: Sequence[int], spending: Spending, alpha: float = ALPHA
     most = seeds_at[-1]
     c = boundaries([n / most for n in seeds_at], spending, alpha)
     return tuple(Look(j + 1, int(n), float(stats.norm.sf(cj))) for j, (n, cj) in enumerate(zip(seeds_at, c)))
+
+
+def first_verdict(values: Sequence[float], looks: Sequence[Look],
+                  decide: Callable[[claims.Interval], claims.Verdict]) -> tuple[claims.Verdict, Look]:
+    """One claim judged look by look on per-seed values in the order the seeds were added: the
+    first verdict that is not INCONCLUSIVE and its look, else INCONCLUSIVE at the last look (the
+    rule `judge_looks` applies to a study, for simulations)."""
+    for look in looks:
+        verdict = decide(claims.t_interval(values[:look.seeds], look.level))
+        if verdict != "INCONCLUSIVE":
+            return verdict, look
+    return "INCONCLUSIVE", looks[-1]
 
 
 def describe(looks: Sequence[Look], spending: Spending) -> str:

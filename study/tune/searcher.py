@@ -273,10 +273,9 @@ class StudySearcher(Searcher):
         return True  # the metric, mode and space are the study's own
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._look_ended():
+            self._after_look()  # (normally done when the look's last trial completed)
         point = self._next()
-        if point is None and self._finished() and not self._stopped and not self._outstanding:
-            self._after_look()  # every trial of this look has ended: judge, maybe add seeds
-            point = self._next()
         if point is None:
             # None: waiting for a halving stage or the end of a look
             return Searcher.FINISHED if self._finished() and self._stopped else None
@@ -286,6 +285,11 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._outstanding.discard(trial_id)
+        self._complete(trial_id, result, error)
+        if self._look_ended():
+            self._after_look()  # the look's last trial: judge now (Tune asks no more after the last look)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         point = self._points.get(trial_id)
         if point is None:
             return
@@ -324,6 +328,11 @@ class StudySearcher(Searcher):
         if self._keep is None:
             return True
         return all(stage == len(self._stages) for stage in self._stage.values())
+
+    def _look_ended(self) -> bool:
+        """With evidence: every trial of the current look has ended and it has not been judged."""
+        return (not self._stopped and not self._outstanding and not self._ready and not self._draws
+                and not self._branches and self._finished())
 
     def _draws_for(self, groups: list[Group]) -> list[tuple[Group, float | None]]:
         """The lineages to start for `groups`: each at every listed LR, or `lr.samples` Optuna draws."""

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.claims import difference_verdict, equivalence_verdict, t_interval, window_means
-from study.analysis.sequential import Look, plan_looks
+from study.analysis.sequential import Look, first_verdict, plan_looks
 from study.layout import read_metrics
 from tests.conftest import REPO
 
@@ -104,16 +104,9 @@ def test_a_a_studies_on_the_default_studys_real_noise_rarely_support_faster_earl
 def _sequential_rate(rng: np.random.Generator, looks: tuple[Look, ...], gap: float, decide) -> tuple[float, float]:
     """(how often SUPPORTED, the mean seeds used) over STUDIES studies judged at every look, each
     stopped at its first verdict (as the searcher stops adding seeds)."""
-    gaps = _window_gaps(rng, gap, looks[-1].seeds)
-    supported, seeds = 0, 0
-    for row in gaps:
-        for look in looks:
-            verdict = decide(t_interval(row[:look.seeds], look.level))
-            if verdict != "INCONCLUSIVE" or look is looks[-1]:
-                supported += verdict == "SUPPORTED"
-                seeds += look.seeds
-                break
-    return supported / STUDIES, seeds / STUDIES
+    judged = [first_verdict(row, looks, decide) for row in _window_gaps(rng, gap, looks[-1].seeds)]
+    return (sum(verdict == "SUPPORTED" for verdict, _ in judged) / STUDIES,
+            sum(look.seeds for _, look in judged) / STUDIES)
 
 
 @pytest.mark.parametrize(("seeds_at", "spending"), [((4, 5), "obrien_fleming"), ((3, 4, 5, 6), "pocock")])

@@ -11,7 +11,7 @@ import pytest
 from study.analysis import claims
 from study.analysis.report import write_report
 from study.analysis.results import load_results
-from study.analysis.sequential import boundaries, judge_looks, judge_study, plan_looks
+from study.analysis.sequential import boundaries, first_verdict, judge_looks, judge_study, plan_looks
 from study.config import study_from_dict
 from study.plan.trials import Size, Trial
 
@@ -119,3 +119,11 @@ def test_the_final_window_averages_each_seed_over_the_evaluations_after_the_last
     assert claims.where(windowed) == "1x, final iterations 18-20 (2 evaluations)"
     last = _by_name(claims.judge(df, early_window=(5, 10), margin=1.5)[0])["catches_up"]
     assert last.gap == pytest.approx((3.0 + 2.0 + 2.0) / 3) and last.window == ""  # the last evaluation alone
+
+
+def test_first_verdict_stops_at_the_first_settled_look() -> None:
+    looks = plan_looks([3, 5], "obrien_fleming")
+    verdict, look = first_verdict([5.0, 5.1, 4.9, -20.0, -20.0], looks, claims.difference_verdict)
+    assert (verdict, look.number) == ("SUPPORTED", 1)  # the two later seeds never count
+    verdict, look = first_verdict([1.0, -1.0, 0.5, 0.2, -0.3], looks, claims.difference_verdict)
+    assert (verdict, look.number) == ("INCONCLUSIVE", 2)
