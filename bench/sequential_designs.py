@@ -22,7 +22,8 @@ from study.analysis.sequential import Look, first_verdict, plan_looks
 
 DESIGNS: list[tuple[tuple[int, ...], str]] = [
     ((6,), "fixed"), ((4,), "fixed"), ((5,), "fixed"), ((4, 5), "obrien_fleming"), ((4, 5), "pocock"),
-    ((4, 5, 6), "obrien_fleming"), ((3, 4, 5), "obrien_fleming"), ((3, 5, 7), "pocock")]
+    ((4, 5, 6), "obrien_fleming"), ((3, 4, 5), "obrien_fleming"), ((3, 5, 7), "pocock"),
+    ((4, 6), "obrien_fleming"), ((4, 5, 6, 7), "obrien_fleming"), ((4, 5, 6), "pocock")]
 
 
 def simulate(looks: tuple[Look, ...], gap: float, sd: float, decide: Callable[[Interval], Verdict], *,

@@ -167,5 +167,5 @@ def test_the_sequential_designs_table_prints_a_row_per_design() -> None:
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = out.stdout.strip().splitlines()
-    assert rows[0].startswith("| design | null: SUPPORTED") and len(rows) == 2 + 8
+    assert rows[0].startswith("| design | null: SUPPORTED") and len(rows) == 2 + 11
     assert rows[5].startswith("| 4, then 5 seeds, obrien-fleming |")

@@ -3,8 +3,10 @@ it would take on the machine that ran this study, estimated from the run's own m
 
 A claim is open when it is INCONCLUSIVE; `catches_up` also when it is CONTRADICTED, which says
 that scratch had not caught up by this study's longest schedule, not that it never does. The
-estimate scales the run's measured seconds of trials per trial iteration (its concurrency
-included) by the other space's iterations (`study.plan.budget.plan_study`, with forking), and adds
+estimate splits the run's measured trials time (its concurrency included) into training, per
+trial iteration, and evaluation, per evaluation (the seconds its metric rows record), and scales
+each by the other space's (`study.plan.budget`, with forking; at its first look and at its last
+for a space that adds seeds), and adds
 the pre-training unless the other space pre-trains the same backbone the same way (then its
 checkpoint is cached). Spaces of another model or image size are not priced: their iterations cost
 something else.
@@ -19,7 +21,7 @@ from pathlib import Path
 from study.analysis.claims import Claim
 from study.config import StudyConfig, load_study
 from study.layout import RUN_INFO, RunInfo
-from study.plan.budget import plan_study
+from study.plan.budget import evaluations_forked, plan_study
 from study.plan.evidence import look_sizes, up_to_look
 
 SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -27,8 +29,8 @@ SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 # claim -> (the shipped space that settles it on the synthetic set, what it does differently)
 ANSWERS = {
     "catches_up": ("catch_up.yaml", "the same model on two shape classes, up to 5x = 10,000 images per "
-                                    "lineage, four seeds and a fifth while a claim is open: where scratch catches up"),
-    "faster_early": ("catch_up.yaml", "four or five seeds, and a wider early gap on two classes"),
+                                    "lineage, four seeds and up to six while a claim is open: where scratch catches up"),
+    "faster_early": ("catch_up.yaml", "four to six seeds, and a wider early gap on two classes"),
     "small_data_gap": ("laptop.yaml", "a 30-image training set beside 3,000"),
 }
 
@@ -61,13 +63,18 @@ def _same_model(a: StudyConfig, b: StudyConfig) -> bool:
 
 
 def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | None,
-               spaces: Path = SHIPPED_SPACES) -> list[NextStep]:
+               spaces: Path = SHIPPED_SPACES, eval_s: float = 0.0) -> list[NextStep]:
     """The next step for each open claim of `found` (once per claim and size) that a shipped space
-    other than this study answers; priced with `info`'s trials seconds where it has them."""
+    other than this study answers; priced with `info`'s trials seconds where it has them. `eval_s`
+    is the seconds this run's evaluations took in all (the metric rows' `eval_s`): priced per
+    evaluation, apart from the training, as the spaces evaluate at different rates."""
     if cfg is None:
         return []
     this = plan_study(cfg).iterations_forked
     trials_s = (info.phases_s.get("trials") if info is not None else None) or None
+    slots = cfg.resources.max_concurrent_trials or 1
+    evaluating = min(eval_s / slots, 0.9 * trials_s) if trials_s else 0.0  # wall seconds of evaluation
+    per_eval = evaluating / evaluations_forked(cfg)
     out: list[NextStep] = []
     for claim in found:
         answer = ANSWERS.get(claim.claim)
@@ -85,13 +92,18 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
                     "time it is priced from)")
         else:
             cached = (other.pretrain, other.model.backbone) == (cfg.pretrain, cfg.model.backbone)
-            def minutes(n: int) -> float:
-                return (trials_s / this * n + (0.0 if cached else info.phases_s.get("pretraining", 0.0))) / 60
+            per_iter = (trials_s - evaluating) / this
+            pre = 0.0 if cached else info.phases_s.get("pretraining", 0.0)
 
-            upto = f" ({minutes(most):.0f} with every look)" if most > iterations else ""
-            cost = (f"{iterations / this:.1f}x this study's: about {minutes(iterations):.0f} min{upto} on this "
-                    f"machine at this run's {trials_s / this:.2f} s of trials per iteration"
-                    + (", its pre-training cached" if cached else ""))
+            def minutes(look: int) -> float:
+                at = up_to_look(other, look)
+                return (per_iter * plan_study(at).iterations_forked + per_eval * evaluations_forked(at) + pre) / 60
+
+            last = len(look_sizes(other)) - 1
+            upto = f" ({minutes(last):.0f} with every look)" if most > iterations else ""
+            cost = (f"{iterations / this:.1f}x this study's: about {minutes(0):.0f} min{upto} on this "
+                    f"machine at this run's {per_iter:.3f} s of training per iteration and {per_eval:.1f} s per "
+                    "evaluation" + (", its pre-training cached" if cached else ""))
         out.append(NextStep(claim=claim.claim, size=claim.size, space=f"{spaces.name}/{answer[0]}",
                             why=answer[1], iterations=iterations, most=most, cost=cost))
     return out

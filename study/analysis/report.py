@@ -54,7 +54,9 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     cfg = study_from_dict(raw) if raw else None
     found, omitted = judge_study(df, cfg, tol)
     claims.write_claims(found, out)
-    steps = [s.text() for s in next_steps(found, cfg, None if pooled else layout.read_run_info(dirs[0]))]
+    eval_s = float(df["eval_s"].sum()) if "eval_s" in df else 0.0
+    steps = [s.text() for s in next_steps(found, cfg, None if pooled else layout.read_run_info(dirs[0]),
+                                          eval_s=eval_s)]
 
     finals = final_rows(df) if len(df) else df
     ended = int((finals["status"] != "running").sum()) if len(df) else 0

@@ -95,6 +95,16 @@ def final_evaluations(multiplier: float, cfg: StudyConfig) -> int:
     return len(final_window(schedule_for(multiplier, cfg.solver), cfg.solver))
 
 
+def evaluations_forked(cfg: StudyConfig) -> int:
+    """The evaluations a study makes with forking: each trunk's, and each branch's after its fork."""
+    solver = cfg.solver
+    longest = max(cfg.grid.schedule)
+    per_lineage = len(evaluation_points(schedule_for(longest, solver), solver)) + sum(
+        sum(it > at for it in evaluation_points(schedule_for(s, solver), solver))
+        for s, at in fork_points(cfg.grid.schedule, solver).items())
+    return plan_study(cfg).lineages * per_lineage
+
+
 def evaluation_warnings(cfg: StudyConfig) -> list[str]:
     """Warnings when the curves would have too few points to judge a claim on."""
     out = []

@@ -141,9 +141,9 @@ def test_the_catch_up_study_is_the_default_on_two_classes_longer_and_adding_a_se
     assert (catch_up.model, catch_up.pretrain, catch_up.lr) == (default.model, default.pretrain, default.lr)
     assert catch_up.data.synthetic.classes == ("circle", "triangle") != default.data.synthetic.classes
     assert catch_up.grid.seeds == (0, 1, 2, 3) and catch_up.grid.schedule == (1, 3, 5)
-    assert catch_up.evidence == EvidenceConfig(max_seeds=5, step=1, spending="obrien_fleming")
+    assert catch_up.evidence == EvidenceConfig(max_seeds=6, step=1, spending="obrien_fleming")
     plan, base = plan_study(catch_up), plan_study(default)
-    # per lineage 2,500 + 2 x 170 iterations; 4 seeds at the first look, 5 at the second
+    # per lineage 2,500 + 2 x 170 iterations; 4 seeds at the first look, 5 at the second, 6 at the third
     assert (plan.trials, plan.iterations_forked, base.iterations_forked) == (24, 22_720, 5_460)
-    assert plan_study(up_to_look(catch_up, 1)).iterations_forked == 28_400
+    assert [plan_study(up_to_look(catch_up, k)).iterations_forked for k in (1, 2)] == [28_400, 34_080]
     assert (catch_up.analysis.early_iteration, catch_up.analysis.margin) == (500, 3.5)
