@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 from study.analysis.claims import Interval, Verdict, difference_verdict, equivalence_verdict
-from study.analysis.sequential import Look, first_verdict, plan_looks
+from study.analysis.sequential import first_verdict
+from study.plan.looks import Look, plan_looks
 
 DESIGNS: list[tuple[tuple[int, ...], str]] = [
     ((6,), "fixed"), ((4,), "fixed"), ((5,), "fixed"), ((4, 5), "obrien_fleming"), ((4, 5), "pocock"),

@@ -25,11 +25,12 @@ from study.analysis import claims, figures, tables
 from study.analysis.next_steps import next_steps
 from study.analysis.pooling import pool_runs
 from study.analysis.results import export_results, final_rows, load_results, read_decisions, run_config
-from study.analysis.sequential import describe, judge_study, plan_looks
+from study.analysis.sequential import describe, judge_study
 from study.config import StudyConfig, study_from_dict
 from study.errors import ConfigError
 from study.plan.budget import plan_study
 from study.plan.evidence import look_sizes, up_to_look
+from study.plan.looks import plan_looks
 from study.plan.halving import Decision
 from study.plan.schedule import schedule_for
 

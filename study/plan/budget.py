@@ -187,7 +187,7 @@ def _looks(cfg: StudyConfig, s_per_iter: float | None) -> list[str]:
     """With `evidence`: what the study has trained by each look, and each look's interval level."""
     if cfg.evidence is None:
         return []
-    from study.analysis.sequential import plan_looks  # scipy: only for a study that adds seeds
+    from study.plan.looks import plan_looks  # scipy: only for a study that adds seeds
 
     looks = plan_looks(look_sizes(cfg), cfg.evidence.spending)
     lines = [f"looks (seeds added while a claim is open, {cfg.evidence.step} at a time, up to "

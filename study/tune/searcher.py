@@ -352,7 +352,8 @@ class StudySearcher(Searcher):
                             for c in found if c.verdict != "INCONCLUSIVE") or "none settled"
         sizes_open = open_sizes(found)
         last = self._look + 1 == len(look_sizes(cfg))
-        head = f"look {self._look + 1} of {len(look_sizes(cfg))} ({look_sizes(cfg)[self._look]} seeds): {settled}"
+        n = look_sizes(cfg)[self._look]
+        head = f"look {self._look + 1} of {len(look_sizes(cfg))} ({n} seed{'s' if n > 1 else ''}): {settled}"
         if not sizes_open or last:
             self._stopped = True
             left = "" if not sizes_open else f"; left open: {', '.join(c.claim for c in found if c.verdict == 'INCONCLUSIVE')}"

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from study.analysis.claims import difference_verdict, equivalence_verdict, t_interval, window_means
-from study.analysis.sequential import Look, first_verdict, plan_looks
+from study.analysis.sequential import first_verdict
+from study.plan.looks import Look, plan_looks
 from study.layout import read_metrics
 from tests.conftest import REPO
 

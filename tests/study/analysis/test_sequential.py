@@ -11,7 +11,8 @@ import pytest
 from study.analysis import claims
 from study.analysis.report import write_report
 from study.analysis.results import load_results
-from study.analysis.sequential import boundaries, first_verdict, judge_looks, judge_study, plan_looks
+from study.analysis.sequential import first_verdict, judge_looks, judge_study
+from study.plan.looks import boundaries, plan_looks
 from study.config import study_from_dict
 from study.plan.trials import Size, Trial
 

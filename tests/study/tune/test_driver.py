@@ -209,3 +209,33 @@ def test_a_smoke_study_with_halving_trains_the_plan_and_matches_forking(tmp_path
     printed = capsys.readouterr().out
     assert "Halving dropped LR" in printed and "(complete)" in (tmp_path / "halved" / "report" / "report.md").read_text()
     assert "## Successive halving: LRs dropped early" in (tmp_path / "halved" / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_smoke_study_adds_seeds_while_its_claims_are_open(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One grid seed and `evidence: {max_seeds: 3}` through real Ray Tune: one seed gives no
+    interval, so every claim is open at the first look and the searcher adds seed 1, then seed 2;
+    the run stops at the third look and the report names each claim's look."""
+    import ray
+    import yaml
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(name="evidence", evidence={"max_seeds": 3, "step": 1})
+    space = tmp_path / "evidence.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    try:
+        assert main(["run", str(space), "--storage", str(tmp_path / "runs")]) == 0
+    finally:
+        ray.shutdown()
+    printed = capsys.readouterr().out
+    looks = [line for line in printed.splitlines() if line.startswith("look ")]
+    assert [line.split(":")[0] for line in looks] == ["look 1 of 3 (1 seed)", "look 2 of 3 (2 seeds)",
+                                                       "look 3 of 3 (3 seeds)"]
+    assert looks[0].endswith("adding seed(s) 1") and looks[1].endswith("adding seed(s) 2")
+    assert looks[2].endswith("no more seeds")
+    run = tmp_path / "runs" / "evidence"
+    finals = final_rows(load_results(run))
+    assert sorted(set(finals["seed"])) == [0, 1, 2] and len(finals) == 3 * plan_study(load_study(SMOKE)).trials
+    claims = load_claims(run)
+    assert set(claims["looks"]) == {3} and set(claims["look"]) <= {1, 2, 3}
+    assert (run / "report" / "report.md").read_text().startswith("# Study evidence: scratch vs pretrained (complete)")
