@@ -83,8 +83,9 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
         if any((s.claim, s.size) == (claim.claim, claim.size) for s in out):
             continue
         other = load_study(spaces / answer[0])
+        last = len(look_sizes(other)) - 1  # its last look (0 for a space judged once)
         iterations = plan_study(other).iterations_forked
-        most = plan_study(up_to_look(other, len(look_sizes(other)) - 1)).iterations_forked
+        most = plan_study(up_to_look(other, last)).iterations_forked
         if not _same_model(cfg, other):
             cost = "of another model or image size: price it with `study plan --s-per-iter`"
         elif trials_s is None or info is None:
@@ -99,7 +100,6 @@ def next_steps(found: Sequence[Claim], cfg: StudyConfig | None, info: RunInfo | 
                 at = up_to_look(other, look)
                 return (per_iter * plan_study(at).iterations_forked + per_eval * evaluations_forked(at) + pre) / 60
 
-            last = len(look_sizes(other)) - 1
             upto = f" ({minutes(last):.0f} with every look)" if most > iterations else ""
             cost = (f"{iterations / this:.1f}x this study's: about {minutes(0):.0f} min{upto} on this "
                     f"machine at this run's {per_iter:.3f} s of training per iteration and {per_eval:.1f} s per "

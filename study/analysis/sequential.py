@@ -14,9 +14,10 @@ most seeds:
 The boundaries c_1..c_K are the z values at which the cumulative crossing probability of a
 Brownian motion observed at t_1..t_K (the z statistic of a mean over seeds) equals alpha(t_j),
 found by integrating its density over the continuation region on a grid (Armitage, McPherson and
-Rowe's recursion; `study.plan.looks`, which `study plan` prices the looks with). Each look's one-sided nominal level 1 - Phi(c_j) is then used with Student t
-quantiles of its own seed count: at look j a verdict's interval is mean ± t(1 - a_j, n - 1) x se,
-and the claim's rules are the fixed design's (`study.analysis.claims`) on that interval. A claim
+Rowe's recursion; `study.plan.looks`, which `study plan` prices the looks with). Each look's
+one-sided nominal level 1 - Phi(c_j) is then used with Student t quantiles of its own seed
+count: at look j a verdict's interval is mean ± t(1 - a_j, n - 1) x se, and the claim's rules are
+the fixed design's (`study.analysis.claims`) on that interval. A claim
 settled at a look (SUPPORTED or CONTRADICTED) stays settled: later seeds do not reopen it.
 `tests/study/analysis/test_error_rates.py` checks the resulting error rates by simulation.
 """
@@ -50,7 +51,7 @@ def first_verdict(values: Sequence[float], looks: Sequence[Look],
 
 
 def describe(looks: Sequence[Look], spending: Spending) -> str:
-    """The design in one sentence, for the report's rules and `study plan`."""
+    """The design in one sentence, for the report's rules."""
     if len(looks) == 1:
         return "one look (the fixed design): 95% intervals"
     at = ", ".join(f"{look.seeds} seeds {claims.level_text(look.level)}" for look in looks)
@@ -91,14 +92,16 @@ def judge_looks(df: pd.DataFrame, seeds: Sequence[int], looks: Sequence[Look],
     Seeds not in `seeds` are ignored."""
     out: dict[tuple[str, str, str | None], claims.Claim] = {}
     omitted: list[str] = []
-    ended = {size: _ended_seeds(rows) for size, rows in df.groupby("size", sort=False)}
+    by_size = dict(tuple(df.groupby("size", sort=False)))
+    # per size, the most seeds of a look whose trials have all ended (0: not even the first's)
+    reached = {size: max((lk.seeds for lk in looks if set(seeds[:lk.seeds]) <= _ended_seeds(rows)), default=0)
+               for size, rows in by_size.items()}
     for look in looks:
         parts, fresh = [], set()
-        for size, rows in df.groupby("size", sort=False):
-            reached = [lk.seeds for lk in looks if set(seeds[:lk.seeds]) <= ended[size]]
-            if look.number == 1 or (reached and reached[-1] >= look.seeds):
+        for size, rows in by_size.items():
+            if look.number == 1 or reached[size] >= look.seeds:
                 fresh.add(size)  # the first look is judged on what has ended, as a fixed design's
-            n = min(look.seeds, reached[-1]) if reached else looks[0].seeds
+            n = min(look.seeds, reached[size]) if reached[size] else looks[0].seeds
             parts.append(rows[rows["seed"].isin(seeds[:n])])
         if not fresh:
             break
