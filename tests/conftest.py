@@ -64,6 +64,27 @@ def fruits() -> Path:
     return FRUITS
 
 
+DEGENERATE = {0: "zero height", 7: "zero height", 12: "zero area"}  # annotation index -> what it gets
+
+
+@pytest.fixture
+def degenerate_fruits(fruits: Path, tmp_path: Path) -> tuple[Path, list[int]]:
+    """fruits_nuts' annotations (images read from the shared folder) with two boxes of zero height
+    and one of zero area, as real COCO train2017 has: (annotations file, their annotation ids)."""
+    import json
+
+    data = json.loads((fruits / "annotations.json").read_text())
+    for index, kind in DEGENERATE.items():
+        ann = data["annotations"][index]
+        if kind == "zero height":
+            ann["bbox"][3] = 0
+        else:
+            ann["area"] = 0
+    path = tmp_path / "degenerate.json"
+    path.write_text(json.dumps(data))
+    return path, [data["annotations"][i]["id"] for i in DEGENERATE]
+
+
 def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 

@@ -4,6 +4,12 @@
 with errors, so a bad record is reported with its id instead of surfacing as a traceback from
 deep inside a Ray worker. Errors are what would break training or evaluation; warnings are worth
 knowing but harmless (a category nobody uses).
+
+Instances that cannot be a training target are a warning, not an error, as in torchvision's
+references and Detectron: a box of zero or negative width or height, a zero `area`, or a
+segmentation with no polygon of three points or more (real COCO train2017 holds such records).
+`training_problem` names the reason; training leaves those instances out, and evaluation keeps
+them (`evaluable_segmentation` gives their masks a form COCOeval can read).
 """
 
 from __future__ import annotations
@@ -98,17 +104,46 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def valid_polygons(seg: list[Any]) -> list[list[float]]:
+    """The polygons of a polygon segmentation that draw an area: three points or more."""
+    return [poly for poly in seg if isinstance(poly, list) and len(poly) >= 6]
+
+
+def training_problem(ann: dict[str, Any]) -> str | None:
+    """Why a (checked, non-crowd) annotation cannot be a training target, or None if it can.
+
+    A box of zero or negative width or height gives NaN box-regression targets, a zero `area` or a
+    segmentation without a polygon of three points gives an empty mask target."""
+    _, _, w, h = ann["bbox"]
+    if w <= 0 or h <= 0:
+        return "zero width" if w == 0 else "zero height" if h == 0 else "negative size"
+    area = ann.get("area")
+    if _is_number(area) and area <= 0:
+        return "zero area"
+    seg = ann.get("segmentation")
+    if isinstance(seg, list) and not valid_polygons(seg):
+        return "empty segmentation"
+    return None
+
+
+def evaluable_segmentation(seg: Any, height: int, width: int) -> Any:
+    """`seg` in a form COCOeval reads: polygons of fewer than three points dropped (pycocotools
+    raises on them), and an empty mask (an all-zero RLE of the image's size) where none remains."""
+    if not isinstance(seg, list):
+        return seg
+    polygons = valid_polygons(seg)
+    if polygons:
+        return polygons
+    return {"size": [height, width], "counts": [height * width]}  # uncompressed: all background
+
+
 def _check_segmentation(report: CheckReport, record: str, seg: Any, height: Any, width: Any) -> None:
     if isinstance(seg, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
-        if not seg:
-            report.error(record, "segmentation is an empty list of polygons")
         for i, poly in enumerate(seg):
             if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
                 report.error(record, f"polygon {i} is not a flat list of numbers")
             elif len(poly) % 2:
                 report.error(record, f"polygon {i} has an odd number of coordinates ({len(poly)})")
-            elif len(poly) < 6:
-                report.error(record, f"polygon {i} has {len(poly) // 2} points; a polygon needs at least 3")
     elif isinstance(seg, dict):  # RLE: {"size": [h, w], "counts": str | list}
         size = seg.get("size")
         if "counts" not in seg or not isinstance(size, list) or len(size) != 2:
@@ -138,6 +173,16 @@ def _check_image_file(report: CheckReport, record: str, path: Path, width: Any, 
     if size != (width, height):
         report.error(record, f"image file is {size[0]}x{size[1]} but the record says "
                              f"{width}x{height}: {path}")
+
+
+def _untrainable_message(untrainable: dict[str, list[Any]], shown: int = 20) -> str:
+    n = sum(len(ids) for ids in untrainable.values())
+    parts = []
+    for reason, ids in sorted(untrainable.items()):
+        listed = ", ".join(str(i) for i in ids[:shown]) + (f", ... ({len(ids) - shown} more)" if len(ids) > shown else "")
+        parts.append(f"{reason} ({len(ids)}): annotation {listed}")
+    return (f"{n} instance(s) cannot be training targets and are left out of training (evaluation "
+            "keeps them): " + "; ".join(parts))
 
 
 def check_instances(data: Any, *, source: str = "annotations", image_root: str | Path | None = None,
@@ -198,6 +243,7 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
     seen_ann: set[Any] = set()
     images_with_instances: set[int] = set()
     images_per_cat: dict[int, set[int]] = collections.defaultdict(set)
+    untrainable: dict[str, list[Any]] = collections.defaultdict(list)
     for ann in data["annotations"]:
         aid = ann.get("id") if isinstance(ann, dict) else None
         record = f"annotation {aid!r}"
@@ -209,26 +255,29 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
             continue
         seen_ann.add(aid)
         iid, cid = ann.get("image_id"), ann.get("category_id")
-        bad = False
+        problems_before = len(report.problems)
         if iid not in image_dims:
             report.error(record, f"image_id {iid!r} is not a declared image")
-            bad = True
         if cid not in report.categories:
             report.error(record, f"category_id {cid!r} is not a declared category "
                                  f"(declared: {sorted(report.categories)})")
-            bad = True
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             report.error(record, f"bbox must be [x, y, width, height], got {bbox!r:.60}")
-        elif bbox[2] <= 0 or bbox[3] <= 0:
-            report.error(record, f"bbox has a non-positive size: width {bbox[2]}, height {bbox[3]}")
+        else:
+            area = ann.get("area")
+            if area is not None and not _is_number(area):
+                report.error(record, f"area must be a number, got {area!r:.60}")
         h, w = image_dims.get(iid, (None, None))
         _check_segmentation(report, record, ann.get("segmentation"), h, w)
-        if bad:
+        if len(report.problems) > problems_before:  # counted only when it could be used
             continue
         if ann.get("iscrowd", 0):
             report.crowd += 1
             continue
+        reason = training_problem(ann)
+        if reason is not None:
+            untrainable[reason].append(aid)
         report.instances += 1
         report.instances_per_category[cid] = report.instances_per_category.get(cid, 0) + 1
         images_per_cat[cid].add(iid)
@@ -238,6 +287,8 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
         report.warning(f"annotation {low[0]}", f"{len(low)} annotation id(s) below 1 (ids start at {low[0]}): "
                        "COCOeval reads a matched id 0 as 'unmatched', which would skew AP; handled: the "
                        "evaluation renumbers the annotations from 1 (nothing to fix in the file)")
+    if untrainable:
+        report.warning("annotations", _untrainable_message(untrainable))
     report.images_per_category = {c: len(s) for c, s in images_per_cat.items()}
     report.images_without_instances = len(set(image_dims) - images_with_instances)
     for cid, name in sorted(report.categories.items()):

@@ -9,7 +9,10 @@ background); evaluation maps labels back with `CocoSplit.category_ids`.
 [0, 1] of shape [3, H, W]; `boxes` (float32 [N, 4], x1 y1 x2 y2), `labels` (int64 [N]), `masks`
 (uint8 [N, H, W]), plus `image_id` and the `scale` from the original image, so predictions can be
 mapped back for COCOeval. Crowd annotations are left out of the targets, as Detectron and
-torchvision's reference do; COCOeval still sees them in the ground truth, as ignore regions.
+torchvision's reference do; COCOeval still sees them in the ground truth, as ignore regions. So are
+instances that cannot be a target (`study.data.checks.training_problem`: a box without width or
+height, a zero area, no polygon of three points), which `study data check` reports as a warning;
+evaluation keeps them.
 Augmentation is the paper's: horizontal flip only, and a resize to a short side / max size.
 """
 
@@ -30,7 +33,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from study.data.checks import ImageCheck, check_file
+from study.data.checks import ImageCheck, check_file, training_problem, valid_polygons
 from study.errors import DataError
 
 
@@ -64,8 +67,8 @@ def load_coco(annotations: str | Path, image_root: str | Path, *, filter_empty: 
               images: ImageCheck = "exists") -> CocoSplit:
     """Read, check and index a COCO instances file; raise DataError naming every bad record.
 
-    `filter_empty` drops images without a non-crowd instance (training does; evaluation must
-    not). `images` is how far image files are checked up front ('exists' is cheap even for
+    `filter_empty` drops images without an instance training can use (training does; evaluation
+    must not). `images` is how far image files are checked up front ('exists' is cheap even for
     COCO's 118k images; `study data check` decodes them all).
     """
     report, data = check_file(annotations, image_root, images=images)
@@ -74,11 +77,16 @@ def load_coco(annotations: str | Path, image_root: str | Path, *, filter_empty: 
     cats = sorted(coco.cats.values(), key=lambda c: c["id"])
     ids = sorted(coco.imgs)
     if filter_empty:
-        ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))]
+        ids = [i for i in ids if training_targets(coco.imgToAnns.get(i, []))]
     return CocoSplit(coco=coco, annotations=Path(annotations).resolve(),
                      image_root=Path(image_root).resolve(),
                      category_ids=tuple(c["id"] for c in cats),
                      category_names=tuple(str(c["name"]) for c in cats), image_ids=tuple(ids))
+
+
+def training_targets(anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The annotations of an image that training uses: not crowd, and not `training_problem`."""
+    return [a for a in anns if not a.get("iscrowd", 0) and training_problem(a) is None]
 
 
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int, float]:
@@ -92,7 +100,7 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
     """The binary mask [H, W] (uint8) of a polygon or RLE (compressed or not) segmentation."""
     seg = ann["segmentation"]
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+        rle = mask_utils.merge(mask_utils.frPyObjects(valid_polygons(seg), height, width))
     elif isinstance(seg["counts"], list):
         rle = mask_utils.frPyObjects(seg, height, width)
     else:
@@ -122,9 +130,8 @@ class InstanceDataset(Dataset):
         return len(self.image_ids)
 
     def instances(self, index: int) -> int:
-        """The number of non-crowd instances of image `index` (for the samples-seen counters)."""
-        anns = self.split.coco.imgToAnns.get(self.image_ids[index], [])
-        return sum(1 for a in anns if not a.get("iscrowd", 0))
+        """The number of training instances of image `index` (for the samples-seen counters)."""
+        return len(training_targets(self.split.coco.imgToAnns.get(self.image_ids[index], [])))
 
     def _read_image(self, info: dict[str, Any]) -> Image.Image:
         path = self.split.image_root / info["file_name"]
@@ -144,7 +151,7 @@ class InstanceDataset(Dataset):
             raise DataError(f"image {image_id} ({info['file_name']}) is {pil.size[0]}x{pil.size[1]}"
                             f" but its record says {width}x{height}")
 
-        anns = [a for a in self.split.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        anns = training_targets(self.split.coco.imgToAnns.get(image_id, []))
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         boxes[:, 0::2].clamp_(0, width)

@@ -11,6 +11,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from study.data.checks import evaluable_segmentation, valid_polygons
+
 IouType = Literal["bbox", "segm"]
 # The first six of COCOeval.stats, in its order.
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -29,26 +31,38 @@ def default_backend() -> Backend:
 
 
 def evaluation_ground_truth(coco_gt: COCO) -> COCO:
-    """The ground truth as COCOeval needs it: annotation ids from 1.
+    """The ground truth as COCOeval needs it: annotation ids from 1, masks it can read.
 
     COCOeval records, per detection, the id of the ground truth it matched, and reads 0 as
     "unmatched": a detection matched to an annotation with id 0 counts as a false positive (three
     perfect detections of annotations 0, 1, 2 score AP 44.2 instead of 100). Some labelling tools
     export ids from 0, so a set with an id below 1 is evaluated on a copy whose annotations are
-    numbered 1..N in their order (`original_ids` maps them back); the user's file is untouched.
-    Built once per COCO object."""
-    ids = [a["id"] for a in coco_gt.dataset["annotations"]]
-    if all(isinstance(i, int) and i >= 1 for i in ids):
+    numbered 1..N in their order (`original_ids` maps them back). pycocotools raises on a polygon of
+    fewer than three points and on an empty polygon list (real COCO train2017 holds both): the copy
+    leaves such polygons out, and an instance with none left keeps its box and gets an empty mask
+    (`evaluable_segmentation`). The user's file is untouched. Built once per COCO object."""
+    anns = coco_gt.dataset["annotations"]
+    ids = [a["id"] for a in anns]
+    renumber = not all(isinstance(i, int) and i >= 1 for i in ids)
+    unreadable = [i for i, a in enumerate(anns) if isinstance(a.get("segmentation"), list)
+                  and (not a["segmentation"] or valid_polygons(a["segmentation"]) != a["segmentation"])]
+    if not renumber and not unreadable:
         return coco_gt
-    renumbered = getattr(coco_gt, "_evaluation_gt", None)
-    if renumbered is None:
+    fixed = getattr(coco_gt, "_evaluation_gt", None)
+    if fixed is None:
         from study.data.coco import index_coco
 
-        renumbered = index_coco({**coco_gt.dataset, "annotations": [
-            {**a, "id": new} for new, a in enumerate(coco_gt.dataset["annotations"], start=1)]})
-        renumbered.original_ids = dict(enumerate(ids, start=1))  # type: ignore[attr-defined]
-        coco_gt._evaluation_gt = renumbered  # type: ignore[attr-defined]
-    return renumbered
+        anns = list(anns)
+        for i in unreadable:
+            image = coco_gt.imgs[anns[i]["image_id"]]
+            anns[i] = {**anns[i], "segmentation": evaluable_segmentation(
+                anns[i]["segmentation"], image["height"], image["width"])}
+        if renumber:
+            anns = [{**a, "id": new} for new, a in enumerate(anns, start=1)]
+        fixed = index_coco({**coco_gt.dataset, "annotations": anns})
+        fixed.original_ids = dict(enumerate(ids, start=1)) if renumber else {i: i for i in ids}  # type: ignore[attr-defined]
+        coco_gt._evaluation_gt = fixed  # type: ignore[attr-defined]
+    return fixed
 
 
 def _faster_ground_truth(coco_gt: COCO) -> Any:
@@ -96,8 +110,11 @@ def ground_truth_as_detections(coco_gt: COCO) -> list[dict[str, Any]]:
     """Every non-crowd ground-truth instance as a detection with score 1 (RLE masks).
 
     Evaluating these against the same ground truth must give AP 100: a check that a dataset's
-    annotations survive the round trip through COCOeval (`study data check --self-eval`).
+    annotations survive the round trip through COCOeval (`study data check --self-eval`). An
+    instance without area (a zero box or an empty mask) matches nothing, itself included, so a set
+    with some scores a little below 100.
     """
+    coco_gt = evaluation_ground_truth(coco_gt)
     dets = []
     for ann in coco_gt.dataset["annotations"]:
         if ann.get("iscrowd", 0):

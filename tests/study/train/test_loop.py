@@ -147,6 +147,25 @@ def test_a_trial_on_the_real_fruits_set(fruits: Path, tmp_path: Path, tiny_cfg: 
 
 
 
+def test_a_trial_trains_on_a_set_with_degenerate_boxes(degenerate_fruits: tuple[Path, list[int]], fruits: Path,
+                                                     tmp_path: Path, tiny_cfg: StudyConfig) -> None:
+    """Zero-height and zero-area boxes in the training and val splits: the pre-flight's loader
+    accepts them, and a trial finishes with finite losses and evaluates."""
+    from study.data.coco import split_coco
+
+    ann_path, ids = degenerate_fruits
+    train_json, val_json = split_coco(ann_path, tmp_path / "split", val_fraction=0.25)
+    train_ids = {a["id"] for a in json.loads(train_json.read_text())["annotations"]}
+    cfg = study_from_dict({
+        **to_dict(tiny_cfg), "name": "degenerate",
+        "data": {"source": "coco", "train": {"annotations": str(train_json), "images": str(fruits / "images")},
+                 "val": {"annotations": str(val_json), "images": str(fruits / "images")}},
+        "model": {**to_dict(tiny_cfg.model), "min_size": 96, "max_size": 128}})
+    row = train_trial(cfg, Trial(init="scratch", schedule=1, base_lr=0.01, seed=0), out_dir=tmp_path / "t",
+                      data_root=tmp_path)
+    assert row["status"] == "finished" and math.isfinite(row["loss"]) and row["bbox_AP"] >= 0
+    assert len(train_ids & set(ids)) >= 1  # some of the degenerate boxes are in the training split
+
 
 def test_evaluating_does_not_change_the_training(tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
     """Evaluations every 2 iterations or only at the end: the same weights and the same final AP
