@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from models.init import load_state_file
+from models.weight_files import load_state_file
 from study import layout
 from study.analysis.claims import t_interval
 from study.config import load_study

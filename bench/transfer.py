@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from models.init import init_scratch, load_backbone, load_state_file
+from models.init import init_scratch, load_backbone
+from models.weight_files import load_state_file
 from models.mask_rcnn import build_mask_rcnn
 from study.analysis.claims import t_interval
 from study.data.coco import InstanceDataset, collate, load_coco

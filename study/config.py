@@ -77,9 +77,13 @@ class ModelConfig:
     profile: Profile = "paper"
     min_size: int = 800  # shorter image side after resizing (paper: 800)
     max_size: int = 1333  # longer side cap (paper: 1333)
-    # For init=pretrained: a `study pretrain` checkpoint, a state-dict file, or a torchvision
-    # weights name such as 'ResNet50_Weights.IMAGENET1K_V2'.
+    # For init=pretrained: a `study pretrain` checkpoint, a state-dict file (torchvision or timm
+    # names, `.pt`/`.pth`/`.safetensors`), Detectron's `.pkl` (R-50-GN.pkl), or a torchvision
+    # weights name such as 'ResNet50_Weights.IMAGENET1K_V2'; a local path or an s3:// URI.
     pretrained_weights: str | None = None
+    # A checkpoint of the other norm kind (BatchNorm weights into a GN detector, or back) is refused
+    # before Ray starts; true loads its convs only and keeps the norms' fresh init (named in the log).
+    allow_fresh_norms: bool = False
 
     def __post_init__(self) -> None:
         require(self.min_size > 0, "min_size", f"{self.min_size!r} must be > 0")
@@ -413,6 +417,12 @@ class StudyConfig:
         if self.pretrain.norm is None:  # resolved here, so the checkpoint's cache key names it
             object.__setattr__(self, "pretrain",
                                dataclasses.replace(self.pretrain, norm=classifier_norm(self.model.norm)))
+        if ("pretrained" in self.grid.init and self.model.pretrained_weights is None
+                and not self.model.allow_fresh_norms
+                and classifier_norm(self.pretrain.norm_used) != classifier_norm(self.model.norm)):
+            raise ConfigError("pretrain.norm", f"{self.pretrain.norm!r} pre-trains norms the {self.model.norm!r} "
+                              "detector cannot load: they would keep their fresh init; leave pretrain.norm "
+                              "unset (it follows the detector), or set model.allow_fresh_norms: true")
         if self.pretrain.gpus_per_worker is None:
             object.__setattr__(self, "pretrain", dataclasses.replace(
                 self.pretrain, gpus_per_worker=self.resources.gpus_per_worker))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.init import UnsafeCheckpoint, load_backbone, load_state_file
+from models.init import load_backbone
+from models.weight_files import UnsafeCheckpoint, load_state_file
 from study.config import StudyConfig
 from study.layout import check_checkpoint, file_record
 from study.plan.trials import Trial
@@ -41,9 +42,14 @@ def test_every_load_goes_through_the_safe_loaders() -> None:
                 calls.append((str(path.relative_to(REPO)), node.func.value.id, keywords))
         assert not re.search(r"yaml\.(unsafe_load|full_load)\(|yaml\.(Unsafe|Full)?Loader\b", text), path
     # one torch.load in the project (load_state_file), weights only; no yaml.load; the one
-    # pickle.load reads Tune's searcher state (Tune pickles searchers itself: trust your storage)
-    assert calls == [("models/init.py", "torch", {"map_location": "cpu", "weights_only": True}),
+    # pickle.load reads Tune's searcher state (Tune pickles searchers itself: trust your storage);
+    # Detectron's .pkl goes through an unpickler that makes numpy arrays only (test_weight_files.py)
+    assert calls == [("models/weight_files.py", "torch", {"map_location": "cpu", "weights_only": True}),
                      ("study/tune/searcher.py", "pickle", {})]
+    unpicklers = [(str(path.relative_to(REPO)), node.name) for path in _sources()
+                  for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+                  and any(ast.unparse(b) == "pickle.Unpickler" for b in node.bases)]
+    assert unpicklers == [("models/weight_files.py", "_NumpyArraysOnly")]
 
 
 def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path, tiny_cfg: StudyConfig,

@@ -109,7 +109,7 @@ def build_setup(cfg: StudyConfig, trial: Trial, *, data_root: str | Path, pretra
         if pretrained_weights is None:
             raise ValueError("init 'pretrained' needs pretrained weights (model.pretrained_weights, "
                              "or a `study pretrain` checkpoint)")
-        loaded = load_backbone(model, pretrained_weights)
+        loaded = load_backbone(model, pretrained_weights, allow_fresh_norms=cfg.model.allow_fresh_norms)
         meta = loaded.meta
         if rank == 0:
             print(loaded.summary())

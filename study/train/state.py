@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.init import load_state_file
+from models.weight_files import load_state_file
 from study.config import StudyConfig
 from study.layout import (CHECKPOINT, PREVIOUS_CHECKPOINT, check_checkpoint, read_checksums,
                           write_checkpoint, write_checksums)

@@ -25,7 +25,7 @@ from study.plan.budget import evaluation_warnings, plan_study
 from study.plan.evidence import look_sizes, up_to_look
 from study.plan.trials import Point
 from study.tune.launch import start_ray
-from study.tune.preflight import check_study_data
+from study.tune.preflight import check_study_data, check_study_weights
 from study.tune.searcher import METRIC, MODE, RunFiles, StudySearcher
 from study.tune.storage import RunLock, Store, analyze_stored, node_dir
 from study.tune.trial_fn import StudySetup, study_trial
@@ -76,6 +76,7 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
                                         "(drop --no-fork, or remove lr.halving)")
     data_root = node_dir(layout.DATA) if store.remote else store.local(layout.DATA)
     check_study_data(cfg, data_root)  # before Ray
+    check_study_weights(cfg, cfg.model.pretrained_weights)
     store.write_text(f"{name}/{layout.STUDY_FILE}", dump_study(cfg))
     phase("checks_and_data")
     res = cfg.resources

@@ -179,7 +179,7 @@ def pretrain_on_ray(pcfg: PretrainConfig, *, backbone: str, data_dir: Path,
     import dataclasses
     import uuid
 
-    from models.init import load_state_file
+    from models.weight_files import load_state_file
 
     start_ray(cpus=pcfg.workers + 1, dashboard=False)
     with tempfile.TemporaryDirectory(prefix="pretrain_") as tmp:

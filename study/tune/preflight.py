@@ -62,6 +62,30 @@ def check_study_data(cfg: StudyConfig, data_root: Path, progress: Callable[[str]
     progress(f"data: {len(used)} training and {len(val.image_ids)} val images decoded")
 
 
+def check_study_weights(cfg: StudyConfig, weights: str | None, progress: Callable[[str], None] = print) -> None:
+    """The pretrained arm's weights against the detector's backbone, before Ray starts: every
+    conv there with its shape, and the same kind of norm (`models.init.plan_backbone_load`). A
+    torchvision weights name is checked by its architecture, without a download."""
+    if "pretrained" not in cfg.grid.init or weights is None:
+        return
+    from models.init import BackboneMismatch, FreshNorms, plan_backbone_load
+    from models.mask_rcnn import build_backbone_fpn
+    from models.weight_files import backbone_layout
+
+    try:
+        shapes = backbone_layout(weights)
+        body = build_backbone_fpn(cfg.model.backbone, cfg.model.norm, fpn_channels=8).body
+        report = plan_backbone_load(body, shapes, source=weights, allow_fresh_norms=cfg.model.allow_fresh_norms)
+    except FreshNorms as e:
+        raise ConfigError("model.pretrained_weights", str(e)) from None
+    except (BackboneMismatch, FileNotFoundError, ValueError) as e:
+        raise ConfigError("model.pretrained_weights", f"{e} (model.backbone is {cfg.model.backbone!r})") from None
+    convs = " (the convs)" if report.norms_not_loaded else ""
+    progress(f"pretrained weights: {len(report.loaded)} backbone tensors{convs} will load from {weights}"
+             + (f"; {len(report.norms_not_loaded)} norm tensors keep their fresh init (model.allow_fresh_norms)"
+                if report.norms_not_loaded else ""))
+
+
 def _undecodable(split: CocoSplit, ids: tuple[int, ...] | list[int]) -> list[str]:
     from PIL import Image
 

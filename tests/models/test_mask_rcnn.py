@@ -169,14 +169,14 @@ def test_a_mismatched_checkpoint_fails_naming_the_mismatch(tmp_path: Path) -> No
         load_backbone(model, "ResNet50_Weights.NO_SUCH_WEIGHTS")
 
 
-def test_batchnorm_weights_into_groupnorm_load_convs_only(tmp_path: Path) -> None:
+def test_batchnorm_weights_into_groupnorm_load_convs_only_when_allowed(tmp_path: Path) -> None:
     """A torchvision-format ImageNet file (BN, with fc and a DDP prefix) into a GN detector."""
     torch.manual_seed(3)
     bn_classifier = build_classifier(backbone="resnet18", norm="bn", num_classes=1000)
     path = tmp_path / "resnet18_bn.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in bn_classifier.state_dict().items()}}, path)
     model = tiny_model("resnet18", "gn")
-    report = load_backbone(model, path)
+    report = load_backbone(model, path, allow_fresh_norms=True)  # refused without (test_weight_files.py)
     assert "norm mismatch: the checkpoint has BatchNorm statistics, the model uses GroupNorm" in report.note
     body = model.backbone.body
     assert torch.equal(body.layer2[0].conv1.weight, bn_classifier.layer2[0].conv1.weight)

@@ -170,7 +170,7 @@ def test_a_trial_trains_on_a_set_with_degenerate_boxes(degenerate_fruits: tuple[
 def test_evaluating_does_not_change_the_training(tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
     """Evaluations every 2 iterations or only at the end: the same weights and the same final AP
     (prediction draws nothing from the RNG that RPN/RoI sampling uses)."""
-    from models.init import load_state_file
+    from models.weight_files import load_state_file
 
     for period in (2, 8):
         cfg = study_from_dict({**to_dict(tiny_cfg), "solver": {**to_dict(tiny_cfg.solver), "eval_period": period}})

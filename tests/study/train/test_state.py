@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.init import load_state_file
+from models.weight_files import load_state_file
 from study.config import StudyConfig
 from study.plan.trials import Trial
 from study.train.loop import train_trial

@@ -39,6 +39,17 @@ BAD_FILES = [
      "name: b\ndata: {source: coco, train: {annotations: nowhere/train.json, images: nowhere},"
      " val: {annotations: nowhere/val.json, images: nowhere}}\n" + SMOKE_BODY + GRID,
      "data.train.annotations", "nowhere/train.json: no such file (expected a COCO instances JSON file"),
+    ("BN weights into a GN detector",  # checked by the architecture's layout: no download
+     "name: b\n" + SYNTH + SMOKE_BODY.replace("resnet18", "resnet50").replace(
+         "max_size: 64}", "max_size: 64, pretrained_weights: ResNet50_Weights.IMAGENET1K_V1}") + GRID.replace("scratch", "pretrained"),
+     "model.pretrained_weights", "the checkpoint has BatchNorm statistics, the detector uses GroupNorm: its 106 "
+     "norm tensors would keep their fresh init"),
+    ("weights of another depth",
+     "name: b\n" + SYNTH + SMOKE_BODY.replace("max_size: 64}", "max_size: 64, pretrained_weights: "
+                                               "ResNet50_Weights.IMAGENET1K_V1}") + GRID.replace("scratch", "pretrained"),
+     "model.pretrained_weights", "does not fit this backbone"),
+    ("a pre-training norm the detector cannot load", "name: b\npretrain: {norm: bn}\n", "pretrain.norm",
+     "'bn' pre-trains norms the 'gn' detector cannot load"),
 ]
 
 
@@ -113,3 +124,15 @@ def test_a_good_coco_set_passes_and_its_images_are_decoded(coco_copy: Path) -> N
 
     with pytest.raises(ConfigError, match="data.val.images: .*set/val: no such folder"):
         check_study_data(load_study(coco_copy / "s.yaml"), coco_copy / "data")
+
+
+def test_allowed_fresh_norms_pass_and_are_counted(tmp_path: Path) -> None:
+    from study.config import study_from_dict
+    from study.tune.preflight import check_study_weights
+
+    said: list[str] = []
+    cfg = study_from_dict({"name": "b", "grid": {"init": ["pretrained"]},
+                           "model": {"backbone": "resnet50", "norm": "gn", "allow_fresh_norms": True}})
+    check_study_weights(cfg, "ResNet50_Weights.IMAGENET1K_V1", progress=said.append)
+    assert said == ["pretrained weights: 53 backbone tensors (the convs) will load from ResNet50_Weights.IMAGENET1K_V1; "
+                    "106 norm tensors keep their fresh init (model.allow_fresh_norms)"]

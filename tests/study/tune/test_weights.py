@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.init import load_backbone
+from models.init import FreshNorms, load_backbone
 from models.mask_rcnn import build_mask_rcnn
 from study.cli import main
 from study.config import PretrainConfig, StudyConfig, study_from_dict
@@ -83,14 +83,14 @@ def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]["workers"] == 2
 
 
-def _study(norm: str, pretrain_norm: str | None = None) -> StudyConfig:
+def _study(norm: str, pretrain_norm: str | None = None, allow_fresh_norms: bool = False) -> StudyConfig:
     # pre-trained in this process, also for the syncbn study (its trials would need GPUs)
     pretrain = {**{k: v for k, v in TINY.__dict__.items() if k != "norm"}, "gpus_per_worker": 0}
     if pretrain_norm is not None:
         pretrain["norm"] = pretrain_norm
     return study_from_dict({
         "name": "transfer", "model": {"backbone": "resnet18", "norm": norm, "profile": "tiny",
-                                      "min_size": 64, "max_size": 64},
+                                      "min_size": 64, "max_size": 64, "allow_fresh_norms": allow_fresh_norms},
         "pretrain": pretrain, "grid": {"init": ["pretrained"]},
         "resources": {"gpus_per_worker": 1 if norm == "syncbn" else 0}})
 
@@ -112,10 +112,14 @@ def test_the_pretrained_arm_loads_every_backbone_tensor(norm: str, tmp_path: Pat
         assert torch.equal(tensor, state[key].to(tensor.dtype)), key
 
 
-def test_a_mismatched_norm_names_every_tensor_left_fresh(tmp_path: Path) -> None:
-    cfg = _study("gn", pretrain_norm="bn")
+def test_a_mismatched_norm_is_refused_unless_allowed_then_names_every_tensor_left_fresh(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pretrain.norm: 'bn' pre-trains norms the 'gn' detector cannot load"):
+        _study("gn", pretrain_norm="bn")
+    cfg = _study("gn", pretrain_norm="bn", allow_fresh_norms=True)
     detector = build_detector(cfg, num_classes=5)
-    report = load_backbone(detector, study_weights(cfg, tmp_path))
+    with pytest.raises(FreshNorms, match="its 40 norm tensors would keep their fresh init"):
+        load_backbone(detector, study_weights(cfg, tmp_path))
+    report = load_backbone(detector, study_weights(cfg, tmp_path), allow_fresh_norms=True)
     body = detector.backbone.body
     norm_tensors = [f"{name}.{k}" for name, m in body.named_modules()
                     if isinstance(m, torch.nn.GroupNorm) for k in m.state_dict()]
