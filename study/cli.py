@@ -148,6 +148,9 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     weights = study_weights(cfg, storage) if trial.init == "pretrained" else cfg.model.pretrained_weights
     print(f"trial {trial.name()} -> {out}")
     if args.no_ray:
+        from study.tune.inputs import localized
+
+        cfg, weights = localized(cfg, weights)  # inputs given as URIs: this machine's copies
         row = train_trial(cfg, trial, out_dir=out, data_root=storage / layout.DATA, pretrained_weights=weights,
                           device=trial_device(cfg), report=lambda r, _c: print(_row_text(r)))
     else:

@@ -42,6 +42,9 @@ from typing import Any
 # <storage>/
 DATA = "data"
 PRETRAINED = "pretrained"
+# a node's own folder (storage given as a URI): inputs pulled from URIs, one folder per input
+INPUTS = "inputs"
+PULLED = "complete.json"  # what was pulled, written last
 # <storage>/<name>/
 STUDY_FILE = "study.yaml"
 RUN_INFO = "run.json"

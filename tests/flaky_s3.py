@@ -32,6 +32,7 @@ class Faults:
     seed: int = 0
     injected: Counter = field(default_factory=Counter)
     requests: int = 0
+    gets: Counter = field(default_factory=Counter)  # GET requests by path (downloads and listings)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -45,6 +46,8 @@ class Faults:
     def pick(self, method: str, key: str) -> str | None:
         with self._lock:
             self.requests += 1
+            if method == "GET":
+                self.gets[key] += 1
             if self.rate <= 0 or (self.only and self.only not in key) or self._rng.random() >= self.rate:
                 return None
             kinds = [k for k in self.kinds if k != "cut" or method == "GET"] or ["503"]

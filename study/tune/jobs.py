@@ -26,6 +26,7 @@ from study.plan.trials import Trial
 from study.train.build import split_paths
 from study.train.loop import Fence, NanDrill, Sync, train_trial
 from study.tune.attempt import Attempt
+from study.tune.inputs import localized
 from study.tune.launch import fit_torch, start_ray, tune_row
 from study.tune.storage import Store, is_uri, node_dir, pull_files, pusher
 
@@ -110,7 +111,8 @@ def _trial_worker(config: dict[str, Any]) -> None:
                     attached = ray.train.Checkpoint.from_directory(d)
                 ray.train.report(tune_row(job.trial, row), checkpoint=attached)  # a barrier: every rank calls it
 
-        train_trial(job.study, job.trial, out_dir=out_dir, data_root=job.data_root,
+        study, weights = localized(job.study, weights)  # inputs given as URIs: this node's copies
+        train_trial(study, job.trial, out_dir=out_dir, data_root=job.data_root,
                     pretrained_weights=weights, report=report, resume_from=resume_from, fork_at=job.fork_at,
                     pause_at=job.pause_at, device=ray.train.torch.get_device(), sync=sync, fence=fence,
                     drill=job.drill)

@@ -141,6 +141,20 @@ class Store:
         infos = self._retrying("listing", rel, lambda: self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel))))
         return sorted(name for name in (Path(i.path).name for i in infos) if not name.endswith(UPLOADING))
 
+    def list_files(self, rel: str) -> dict[str, int]:
+        """Every file under the folder `rel`, recursively: {path relative to `rel`: size}."""
+        if not self.remote:
+            folder = self.local(rel)
+            return ({p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+                    if folder.is_dir() else {})
+        import pyarrow.fs
+
+        base = self._path(rel)
+        selector = pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True)
+        infos = self._retrying("listing", rel, lambda: self.fs.get_file_info(selector))
+        return {i.path[len(base) + 1:]: i.size for i in infos
+                if i.type == pyarrow.fs.FileType.File and not i.path.endswith(UPLOADING)}
+
     def read_text(self, rel: str) -> str | None:
         if not self.remote:
             path = self.local(rel)
@@ -154,8 +168,9 @@ class Store:
             src.write_text(text)
             self.put(src, rel)
 
-    def get(self, rel: str, dest: str | Path) -> bool:
-        """Copy `rel` to the local file `dest` (atomically); False if there is no such file."""
+    def get(self, rel: str, dest: str | Path, *, size: int | None = None) -> bool:
+        """Copy `rel` to the local file `dest` (atomically); False if there is no such file.
+        `size`: the object's size when a listing gave it (saves a request per object)."""
         dest = Path(dest)
         if not self.remote:
             if not self.local(rel).exists():
@@ -165,11 +180,11 @@ class Store:
             return True
         import pyarrow.fs
 
-        info = self._retrying("looking up", rel, lambda: self._info(rel))
-        if info.type == pyarrow.fs.FileType.NotFound:
-            return False
-
-        size: int | None = info.size
+        if size is None:
+            info = self._retrying("looking up", rel, lambda: self._info(rel))
+            if info.type == pyarrow.fs.FileType.NotFound:
+                return False
+            size = info.size
 
         def download(tmp: Path) -> None:
             nonlocal size

@@ -35,6 +35,7 @@ from study.train.loop import Fence, Sync, train_trial
 from study.tune.attempt import Attempt
 from study.tune.forking import fork_file, has_own_state, start_branch, trunk_state
 from study.tune.launch import tune_row
+from study.tune.inputs import localized
 from study.tune.storage import Store, node_dir, pull_files, pusher
 
 Report = Callable[[dict[str, Any]], None]
@@ -135,6 +136,7 @@ def _train(setup: StudySetup, store: Store, point: Point, out: Path, sync: Sync,
         import torch
 
         torch.set_num_threads(cfg.resources.cpus_per_worker)
+        cfg, weights = localized(cfg, weights)  # inputs given as URIs: this node's copies
         fence: Fence = attempt.check
         train_trial(cfg, trial, out_dir=out, data_root=data_root, pretrained_weights=weights,
                     fork_at=point.fork_at, pause_at=point.stop_at, sync=sync, fence=fence,
