@@ -72,3 +72,25 @@ def test_a_typo_is_caught() -> None:
     bad["available_node_types"]["gpu_1x"]["max_worker"] = bad["available_node_types"]["gpu_1x"].pop("max_workers")
     with pytest.raises(ValidationError, match="'max_worker' was unexpected"):
         validate_config(prepare_config(bad))
+
+
+def test_every_node_type_has_the_image_and_a_profile_that_reaches_the_bucket() -> None:
+    """One image everywhere (AWS's Deep Learning Base AMI with a current NVIDIA driver, not Ray's
+    default Ubuntu 18.04 one); an instance profile on every node type, the head's able to start
+    workers with theirs; the GPU nodes stop before Ray if the pinned torch sees no GPU."""
+    cfg = prepare_config(_load())
+    types = cfg["available_node_types"]
+    images = {t["node_config"]["ImageId"] for t in types.values()}
+    assert len(images) == 1
+    (image,) = images
+    assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/")
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in types.items()}
+    head = profiles.pop(cfg["head_node_type"])
+    assert set(profiles.values()) == {"rethinking-study-worker"} and head == "rethinking-study-head"
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    for name in (head, "rethinking-study-worker"):  # the docs create what the yaml names
+        assert f"--instance-profile-name {name}" in docs
+    assert "iam:PassRole" in docs and "s3:PutObject" in docs and "ssm:GetParameters" in docs
+    worker_setup = " ".join(cfg["worker_setup_commands"])
+    assert "torch.cuda.is_available()" in worker_setup
+    assert "STUDY_LOCAL_DIR" in " ".join(cfg["setup_commands"])  # the node's folder for pulled inputs
