@@ -547,17 +547,49 @@ def load_study(path: str | Path) -> StudyConfig:
     Ray workers run in a working directory of their own.
     """
     path = Path(path)
+    data = read_space(path)
+    try:
+        cfg = study_from_dict(data)
+    except ConfigError as e:
+        raise e.in_file(path) from None
+    return resolve_paths(cfg)
+
+
+def read_space(path: Path, _seen: tuple[Path, ...] = ()) -> Any:
+    """A study file's plain data, with `base: OTHER.yaml` (a path relative to the file) applied
+    first: the base's mappings are merged key by key with this file's, whose values (scalars,
+    lists, null) replace the base's. A file with a base sets its own `name`."""
     if not path.is_file():
         raise ConfigError("", f"no such study file: {path}", file=path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError("", f"not valid YAML: {e}", file=path) from None
-    try:
-        cfg = study_from_dict(data)
-    except ConfigError as e:
-        raise e.in_file(path) from None
-    return resolve_paths(cfg)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError("base", f"{base!r} is not valid: expected the path of another study file", file=path)
+    if "name" not in data:
+        raise ConfigError("name", f"required with base: {base} (a space names its own run folder)", file=path)
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise ConfigError("base", f"{base}: no such study file (looked for {base_path})", file=path)
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError("base", f"{base} leads back to {path.name} (a circle of bases)", file=path)
+    return merge_spaces(read_space(base_path, (*_seen, path.resolve())), data)
+
+
+def merge_spaces(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_spaces(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def resolve_paths(cfg: StudyConfig, base: Path | None = None) -> StudyConfig:

@@ -153,3 +153,41 @@ def test_cli_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad.write_text("name: bad\ngrid: {schedule: []}\n")
     assert main(["config", str(bad)]) == 2
     assert f"{bad}: grid.schedule: the grid is empty" in capsys.readouterr().err
+
+
+def test_a_space_inherits_its_base_key_by_key(tmp_path: Path) -> None:
+    """`base:` merges mappings key by key and replaces lists and scalars; the shipped catch_up and
+    laptop spaces list only what differs from the default."""
+    (tmp_path / "parent.yaml").write_text(
+        "name: parent\nsolver: {unit_iters: 40, drops_before_end: [10, 4], warmup_iters: 2, eval_period: 10}\n"
+        "grid: {schedule: [1, 2], seeds: [0, 1]}\nanalysis: {margin: 2.0}\n")
+    (tmp_path / "child.yaml").write_text(
+        "base: parent.yaml\nname: child\nsolver: {eval_period: 5}\ngrid: {seeds: [7]}\n")
+    child = load_study(tmp_path / "child.yaml")
+    assert (child.name, child.solver.unit_iters, child.solver.eval_period) == ("child", 40, 5)
+    assert (child.grid.schedule, child.grid.seeds, child.analysis.margin) == ((1, 2), (7,), 2.0)
+    (tmp_path / "sub" / "grandchild.yaml").parent.mkdir()
+    (tmp_path / "sub" / "grandchild.yaml").write_text("base: ../child.yaml\nname: grandchild\ngrid: {schedule: [2]}\n")
+    grandchild = load_study(tmp_path / "sub" / "grandchild.yaml")  # relative to the file, not the cwd
+    assert (grandchild.grid.schedule, grandchild.grid.seeds, grandchild.solver.eval_period) == ((2,), (7,), 5)
+    default = (REPO / "search_spaces" / "default.yaml").read_text()
+    for space in ("catch_up", "laptop"):
+        text = (REPO / "search_spaces" / f"{space}.yaml").read_text()
+        assert "base: default.yaml" in text and "model:" not in text and "pretrain:" not in text
+        assert len(text.splitlines()) < len(default.splitlines()) / 1.5
+
+
+@pytest.mark.parametrize("files,key,fragment", [
+    ({"a.yaml": "base: b.yaml\nname: a\n"}, "base", "b.yaml: no such study file"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "name: b\n"}, "name", "required with base: b.yaml"),
+    ({"a.yaml": "base: b.yaml\nname: a\n", "b.yaml": "base: a.yaml\nname: b\n"}, "base", "a circle of bases"),
+    ({"a.yaml": "base: [b.yaml]\nname: a\n"}, "base", "expected the path of another study file"),
+    ({"a.yaml": "base: b.yaml\nname: a\n", "b.yaml": "name: b\nsolver: {eval_perod: 3}\n"}, "solver.eval_perod",
+     "unknown key"),
+])
+def test_a_bad_base_is_named(files: dict[str, str], key: str, fragment: str, tmp_path: Path) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_study(tmp_path / "a.yaml")
+    assert f": {key}: " in str(err.value) and fragment in str(err.value), str(err.value)
