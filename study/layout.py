@@ -257,26 +257,42 @@ def write_checksums(folder: Path, records: dict[str, dict[str, Any]], sync: Call
     sync(atomic_write_text(folder / CHECKSUMS, json.dumps(present, indent=1, sort_keys=True)))
 
 
-def check_checkpoint(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> int | str:
-    """The iteration of the checkpoint `path` if its bytes are those recorded when it was written
-    (any record in `records`, default its folder's checksums.json: a renamed file matches its
-    record), else why not (a sentence)."""
+@dataclass(frozen=True)
+class CheckpointCheck:
+    """What `check_checkpoint` found: the checkpoint's iteration when its bytes are those recorded
+    when it was written; else `problem` says why not (None with no iteration: no such file)."""
+
+    iteration: int | None = None
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.iteration is not None
+
+    @property
+    def missing(self) -> bool:
+        return self.iteration is None and self.problem is None
+
+
+def check_checkpoint(path: str | Path, records: dict[str, dict[str, Any]] | None = None) -> CheckpointCheck:
+    """Whether the checkpoint `path` holds the bytes recorded when it was written (any record in
+    `records`, default its folder's checksums.json: a renamed file matches its record)."""
     path = Path(path)
     if not path.is_file():
-        return "missing"
+        return CheckpointCheck()
     records = read_checksums(path.parent) if records is None else records
     size = path.stat().st_size
     if any(r["bytes"] == size for r in records.values()):
         digest = file_record(path, 0)["sha256"]
         for r in records.values():
             if r["bytes"] == size and r["sha256"] == digest:
-                return int(r["iteration"])
+                return CheckpointCheck(iteration=int(r["iteration"]))
     own = records.get(path.name)
     if own is None:
-        return "no size or checksum was recorded for it (a crash while it was written?)"
+        return CheckpointCheck(problem="no size or checksum was recorded for it (a crash while it was written?)")
     if own["bytes"] != size:
-        return f"truncated or padded: {size:,} bytes, {own['bytes']:,} when written"
-    return "its bytes differ from those written (SHA-256 mismatch)"
+        return CheckpointCheck(problem=f"truncated or padded: {size:,} bytes, {own['bytes']:,} when written")
+    return CheckpointCheck(problem="its bytes differ from those written (SHA-256 mismatch)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path: Path, tiny_cfg: S
     with pytest.raises(UnsafeCheckpoint, match=rf"{re.escape(str(evil))}: refused: it holds pickled Python objects"):
         load_state_file(evil)
     # as a trial's checkpoint: one with no size and checksum recorded is not even opened ...
-    assert "no size or checksum was recorded" in check_checkpoint(evil)
+    assert "no size or checksum was recorded" in check_checkpoint(evil).problem
     # ... and one whose record was forged with it is opened and refused
     (tmp_path / "checksums.json").write_text(json.dumps({"evil.pt": file_record(evil, 4)}))
     with pytest.raises(UnsafeCheckpoint):

@@ -81,11 +81,11 @@ def usable_checkpoint(out_dir: Path, resume_from: Path | None = None, *,
     candidates += [out_dir / CHECKPOINT, out_dir / PREVIOUS_CHECKPOINT]
     good: list[tuple[int, Path]] = []
     for path in candidates:
-        verdict = check_checkpoint(path)
-        if isinstance(verdict, int):
-            good.append((verdict, path))
-        elif verdict != "missing":
-            say(f"checkpoint {path} is not used: {verdict}")
+        check = check_checkpoint(path)
+        if check.iteration is not None:
+            good.append((check.iteration, path))
+        elif check.problem is not None:
+            say(f"checkpoint {path} is not used: {check.problem}")
     if not good:
         if any(p.is_file() for p in candidates):
             say(f"no usable checkpoint in {out_dir}: the trial starts again from iteration 0")

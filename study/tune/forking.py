@@ -34,8 +34,7 @@ def trunk_state(trunk_dir: str | Path, fork_iter: int) -> TrunkState:
     trunk_dir = Path(trunk_dir)
     fork = fork_file(trunk_dir, fork_iter)
     if fork.is_file():
-        verdict = layout.check_checkpoint(fork)
-        if isinstance(verdict, int):
+        if layout.check_checkpoint(fork).intact:
             return "ready"
         if fork.name in layout.read_checksums(trunk_dir):
             return "damaged"

@@ -176,7 +176,7 @@ def _wait_for_trunk(store: Store, trunk_rel: str, trunk_dir: Path, fork_iter: in
     if now == "damaged":
         raise RuntimeError(f"{branch.name()} cannot fork: its trunk's fork checkpoint "
                            f"{store.uri(trunk_rel, layout.fork_checkpoint(fork_iter))} is not the file that was "
-                           f"written ({layout.check_checkpoint(fork_file(trunk_dir, fork_iter))}); delete the "
+                           f"written ({layout.check_checkpoint(fork_file(trunk_dir, fork_iter)).problem}); delete the "
                            "trunk's folder and run with --resume to train it again")
     if now == "lost":
         raise RuntimeError(f"{branch.name()} cannot fork: its trunk {trunk_dir.name} finished, but its fork "

@@ -44,3 +44,15 @@ def test_run_info_round_trips(tmp_path: Path) -> None:
     assert layout.read_run_info(tmp_path) == info
     assert layout.trial_path("default", "scratch_1x_n16_lr0.01_s0", layout.METRICS) == \
         "default/trials/scratch_1x_n16_lr0.01_s0/metrics.jsonl"
+
+
+def test_a_checkpoint_check_says_intact_missing_or_why(tmp_path: Path) -> None:
+    from study.layout import CheckpointCheck, check_checkpoint, file_record
+
+    gone = check_checkpoint(tmp_path / "none.pt")
+    assert gone == CheckpointCheck() and gone.missing and not gone.intact
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"x" * 100)
+    unrecorded = check_checkpoint(ckpt)
+    assert not unrecorded.missing and not unrecorded.intact and "no size or checksum" in unrecorded.problem
+    assert check_checkpoint(ckpt, {"checkpoint.pt": file_record(ckpt, 12)}) == CheckpointCheck(iteration=12)

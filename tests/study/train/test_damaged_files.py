@@ -33,8 +33,8 @@ def _stopped_at_8(tmp_path: Path, cfg: StudyConfig, trial: Trial) -> Path:
     """A trial stopped after its evaluation at 8: checkpoint.pt (8) and checkpoint.prev.pt (4)."""
     out = tmp_path / "trial"
     train_trial(cfg, trial, out_dir=out, data_root=tmp_path, stop_at=8)
-    assert layout.check_checkpoint(out / layout.CHECKPOINT) == 8
-    assert layout.check_checkpoint(out / layout.PREVIOUS_CHECKPOINT) == 4
+    assert layout.check_checkpoint(out / layout.CHECKPOINT).iteration == 8
+    assert layout.check_checkpoint(out / layout.PREVIOUS_CHECKPOINT).iteration == 4
     return out
 
 
@@ -44,7 +44,7 @@ def _assert_as_uninterrupted(out: Path, uninterrupted: list[dict]) -> None:
     assert set(rows[-1]) - TIMING_COLUMNS == set(uninterrupted[-1]) - TIMING_COLUMNS
     # finished: the fallback is gone, and what is left is what checksums.json records
     assert not (out / layout.PREVIOUS_CHECKPOINT).exists()
-    assert layout.check_checkpoint(out / layout.CHECKPOINT) == 16
+    assert layout.check_checkpoint(out / layout.CHECKPOINT).iteration == 16
     assert sorted(layout.read_checksums(out)) == [layout.CHECKPOINT]
 
 
@@ -54,7 +54,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(
     ckpt = out / layout.CHECKPOINT
     size = ckpt.stat().st_size
     ckpt.write_bytes(ckpt.read_bytes()[: size // 2])  # an upload cut half-way
-    assert layout.check_checkpoint(ckpt) == f"truncated or padded: {size // 2:,} bytes, {size:,} when written"
+    assert layout.check_checkpoint(ckpt).problem == f"truncated or padded: {size // 2:,} bytes, {size:,} when written"
     train_trial(tiny_cfg, trunk, out_dir=out, data_root=tmp_path)
     printed = capsys.readouterr().out
     assert f"checkpoint {ckpt} is not used: truncated or padded" in printed
@@ -94,9 +94,9 @@ def test_a_checkpoint_without_a_record_is_not_trusted(tmp_path: Path, tiny_cfg: 
     records = layout.read_checksums(out)
     del records[layout.CHECKPOINT]  # as if the process died between the checkpoint and its record
     (out / layout.CHECKSUMS).write_text(json.dumps(records))
-    assert "no size or checksum was recorded" in layout.check_checkpoint(out / layout.CHECKPOINT)
+    assert "no size or checksum was recorded" in layout.check_checkpoint(out / layout.CHECKPOINT).problem
     # the previous checkpoint, renamed from checkpoint.pt, still matches its record
-    assert layout.check_checkpoint(out / layout.PREVIOUS_CHECKPOINT) == 4
+    assert layout.check_checkpoint(out / layout.PREVIOUS_CHECKPOINT).iteration == 4
 
 
 def test_a_torn_last_metric_row_is_dropped_and_logged_again(

@@ -57,8 +57,8 @@ def test_a_full_disk_fails_the_trial_with_a_message_and_resume_continues(tmp_pat
             "with --resume, or `study trial` again (it resumes by itself)") in first, first[-3000:]
     assert "Traceback" not in first
     full = tmp_path / "after_full"
-    assert layout.check_checkpoint(full / layout.CHECKPOINT) == 8  # intact, as recorded
-    assert layout.check_checkpoint(full / layout.PREVIOUS_CHECKPOINT) == 4
+    assert layout.check_checkpoint(full / layout.CHECKPOINT).iteration == 8  # intact, as recorded
+    assert layout.check_checkpoint(full / layout.PREVIOUS_CHECKPOINT).iteration == 4
     assert sorted(p.name for p in full.iterdir()) == sorted(
         [layout.CHECKPOINT, layout.PREVIOUS_CHECKPOINT, layout.CHECKSUMS, layout.METRICS])  # no partial file
     assert [r["iteration"] for r in layout.read_metrics(full)] == [4, 8, 12]  # row 12 came before its checkpoint
@@ -111,7 +111,7 @@ def test_a_study_whose_disk_fills_up_records_the_error_and_resume_continues(tmp_
     assert f"no space left on the device while writing {mnt / 'disk' / 'trials' / name / layout.CHECKPOINT}" in first, \
         first[-4000:]
     full = tmp_path / "after_full" / name
-    assert layout.check_checkpoint(full / layout.CHECKPOINT) == 8  # intact: the retry failed the same way
+    assert layout.check_checkpoint(full / layout.CHECKPOINT).iteration == 8  # intact: the retry failed the same way
     assert "no space left on the device" in (full / layout.FAILED).read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "1"  # the study ran, but not all of it
     assert "1 trial(s) errored" in first and "with --resume retries them" in first

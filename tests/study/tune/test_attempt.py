@@ -96,5 +96,5 @@ def test_a_retry_started_while_the_first_attempt_runs_takes_the_trial_over(
     for name, content in left_by_the_second.items():
         (final / name).parent.mkdir(parents=True, exist_ok=True)
         (final / name).write_bytes(content)
-    assert layout.check_checkpoint(final / "checkpoint.pt") == 8
+    assert layout.check_checkpoint(final / "checkpoint.pt").iteration == 8
     assert_same_curve(layout.read_metrics(final), layout.read_metrics(tmp_path / "uninterrupted"), [4, 8])
