@@ -230,11 +230,11 @@ def check_pretrain(tmp: Path) -> Row:
     from study.tune.weights import run_pretrain
 
     start = time.perf_counter()
-    meta = run_pretrain(pretrain_config(), backbone="resnet18", out=tmp / "pretrain.pt", data_dir=tmp / "pdata",
-                        progress=lambda _s: None)
-    ok = (meta["device"] != "cpu") == (GPUS > 0) and meta["workers"] == 1 and (tmp / "pretrain.pt").is_file()
+    record = run_pretrain(pretrain_config(), backbone="resnet18", out=tmp / "pretrain.pt", data_dir=tmp / "pdata",
+                          progress=lambda _s: None)
+    ok = (record.device != "cpu") == (GPUS > 0) and record.workers == 1 and (tmp / "pretrain.pt").is_file()
     return Row("pretrain", ok, time.perf_counter() - start,
-               f"on {meta['device']} ({meta['precision']}), val accuracy {100 * meta['val_accuracy']:.0f}%")
+               f"on {record.device} ({record.precision}), val accuracy {100 * record.val_accuracy:.0f}%")
 
 
 # --------------------------------------------------------------------------------------------------

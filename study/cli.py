@@ -103,9 +103,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         pcfg = dataclasses.replace(pcfg, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0)
     out = args.out.resolve()
     data_dir = args.data_dir or out.parent / "pretrain_data"
-    meta = run_pretrain(pcfg, backbone=backbone, out=out, data_dir=data_dir)
-    print(f"{meta['images_seen']} images seen ({meta['epochs']:.1f} epochs), val accuracy "
-          f"{100 * meta['val_accuracy']:.1f}% (chance {100 * meta['chance_accuracy']:.1f}%); "
+    record = run_pretrain(pcfg, backbone=backbone, out=out, data_dir=data_dir)
+    print(f"{record.images_seen} images seen ({record.epochs:.1f} epochs), val accuracy "
+          f"{100 * record.val_accuracy:.1f}% (chance {100 * record.chance_accuracy:.1f}%); "
           f"use it with init: pretrained and model.pretrained_weights: {out}")
     return 0
 

@@ -54,6 +54,7 @@ from study.plan.schedule import Schedule, evaluation_points, lr_at, schedule_for
 from study.plan.trials import Trial
 from study.train.build import build_detector, build_sgd, trial_datasets
 from study.train.precision import use_bf16
+from study.train.pretrain import PretrainRecord
 from study.train import collectives
 from study.train.state import Progress, drop_previous, restore_state, save_state, usable_checkpoint
 from study.train.steps import coco_metrics, predict, train_step
@@ -89,7 +90,7 @@ class Setup:
     train: InstanceDataset
     val: InstanceDataset
     schedule: Schedule
-    pretrain_meta: dict[str, Any]  # what the pre-training saw ({} for scratch)
+    pretrain: PretrainRecord | None  # what the pre-training saw (None: scratch, or weights made elsewhere)
     device: torch.device
 
 
@@ -104,20 +105,20 @@ def build_setup(cfg: StudyConfig, trial: Trial, *, data_root: str | Path, pretra
     torch.manual_seed(trial.seed)  # the same random init in both arms
     model = build_detector(cfg, train.split.num_classes)
     init_scratch(model)
-    meta: dict[str, Any] = {}
+    record = None
     if trial.init == "pretrained":
         if pretrained_weights is None:
             raise ValueError("init 'pretrained' needs pretrained weights (model.pretrained_weights, "
                              "or a `study pretrain` checkpoint)")
         loaded = load_backbone(model, pretrained_weights, allow_fresh_norms=cfg.model.allow_fresh_norms)
-        meta = loaded.meta
+        record = PretrainRecord.from_meta(loaded.meta)
         if rank == 0:
             print(loaded.summary())
     torch.manual_seed(sampling_seed(trial.seed, rank))  # what the samplers draw from (CUDA's too)
     model.to(device)  # before the optimizer state is loaded: it follows its parameters' device
     optimizer = build_sgd(model, lr=trial.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay,
                           weight_decay_norm=solver.weight_decay_norm)
-    return Setup(model, optimizer, train, val, schedule, meta, device)
+    return Setup(model, optimizer, train, val, schedule, record, device)
 
 
 def restore(setup: Setup, out_dir: Path, resume_from: Path | None, *, sync: Sync) -> Progress:
@@ -158,13 +159,13 @@ def evaluate_row(setup: Setup, trial: Trial, it: int, lr: float, losses: dict[st
                                                     bf16=bf16))
     metrics = coco_metrics(setup.val, results) if rank == 0 else {}
     metrics["eval_s"] = time.perf_counter() - now  # prediction and COCOeval
-    pre = setup.pretrain_meta
+    pre = setup.pretrain
     return {"iteration": it, "status": "finished" if it == setup.schedule.max_iter else "running",
             "lr": lr, **trial.columns(), **losses, **metrics, "images_per_s": images_per_s,
             **_seen(progress),
-            "pretrain_images_seen": pre.get("images_seen", 0),
-            "pretrain_instances_seen": pre.get("instances_seen", 0),
-            "pretrain_pixels_seen": pre.get("pixels_seen", 0)}
+            "pretrain_images_seen": pre.images_seen if pre else 0,
+            "pretrain_instances_seen": pre.instances_seen if pre else 0,
+            "pretrain_pixels_seen": pre.pixels_seen if pre else 0}
 
 
 def _seen(progress: Progress) -> dict[str, int]:

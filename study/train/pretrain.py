@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,46 @@ def _val_accuracy(model: nn.Module, val: Dataset, batch_size: int, device: torch
     return counts["correct"] / max(counts["total"], 1)
 
 
+@dataclass(frozen=True)
+class PretrainRecord:
+    """What a pre-training saw and reached, saved in its checkpoint (`meta`) and carried into every
+    pretrained trial's metric rows (`pretrain_*_seen`: the samples behind its backbone)."""
+
+    backbone: str
+    norm: str
+    data: str
+    classes: int
+    image_size: int
+    iterations: int
+    batch_size: int
+    epochs: float
+    images_seen: int
+    instances_seen: int
+    pixels_seen: int
+    train_accuracy: float
+    val_accuracy: float
+    chance_accuracy: float
+    seconds: float
+    workers: int
+    seed: int
+    precision: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> PretrainRecord | None:
+        """The record in a checkpoint's metadata; None for weights that no `study pretrain` made
+        (a torchvision name, Detectron's or timm's files, a checkpoint of an older version)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: meta[n] for n in names}) if all(n in meta for n in names) else None
+
+
 def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Path,
                      device: torch.device | str = "cpu",
-                     progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train on `device`; return (backbone state dict, metadata). In a process group, each rank
+                     progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], PretrainRecord]:
+    """Train on `device`; return (backbone state dict, its record). In a process group, each rank
     trains its shard of every batch (DDP)."""
     rank, world_size = collectives.rank(), collectives.world_size()
     say = progress if rank == 0 else (lambda _msg: None)
@@ -144,25 +181,25 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
         epoch += 1
     val_acc = _val_accuracy(model, val, per_rank, device)
     images_seen = iterations * pcfg.batch_size
-    meta = {
-        "backbone": backbone, "norm": norm, "data": description, "classes": len(classes),
-        "image_size": pcfg.image_size, "iterations": iterations, "batch_size": pcfg.batch_size,
-        "epochs": images_seen / len(train), "images_seen": images_seen,
+    record = PretrainRecord(
+        backbone=backbone, norm=norm, data=description, classes=len(classes), image_size=pcfg.image_size,
+        iterations=iterations, batch_size=pcfg.batch_size, epochs=images_seen / len(train),
+        images_seen=images_seen,
         # one labelled object per image, as the paper counts ImageNet (Fig. 2)
-        "instances_seen": images_seen, "pixels_seen": images_seen * pcfg.image_size ** 2,
-        "train_accuracy": last_acc, "val_accuracy": val_acc, "chance_accuracy": 1 / len(classes),
-        "seconds": time.perf_counter() - start, "workers": world_size, "seed": pcfg.seed,
-        "precision": "bf16 autocast" if bf16 else "fp32",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }
+        instances_seen=images_seen, pixels_seen=images_seen * pcfg.image_size ** 2,
+        train_accuracy=last_acc, val_accuracy=val_acc, chance_accuracy=1 / len(classes),
+        seconds=time.perf_counter() - start, workers=world_size, seed=pcfg.seed,
+        precision="bf16 autocast" if bf16 else "fp32",
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     say(f"val accuracy {100 * val_acc:.1f}% (chance {100 / len(classes):.1f}%) after "
-        f"{meta['seconds']:.0f} s")
-    return backbone_state(model), meta
+        f"{record.seconds:.0f} s")
+    return backbone_state(model), record
 
 
-def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write atomically: a crash never leaves a half-written checkpoint behind."""
-    return atomic_write(path, lambda tmp: torch.save({"backbone": state, "meta": meta}, tmp))
+def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], record: PretrainRecord) -> Path:
+    """Write atomically: a crash never leaves a half-written checkpoint behind. The record goes in
+    as plain values (`torch.load(weights_only=True)` reads it back)."""
+    return atomic_write(path, lambda tmp: torch.save({"backbone": state, "meta": record.to_dict()}, tmp))
 
 
 def cached_checkpoint_path(pcfg: PretrainConfig, backbone: str, cache_dir: str | Path) -> Path:

@@ -25,6 +25,7 @@ from study.config import PretrainConfig, StudyConfig, study_from_dict, to_dict
 from study.plan.trials import Trial
 from study.train.build import split_paths
 from study.train.loop import Fence, NanDrill, Sync, train_trial
+from study.train.pretrain import PretrainRecord
 from study.tune.attempt import Attempt
 from study.tune.inputs import localized
 from study.tune.launch import fit_torch, start_ray, tune_row
@@ -162,20 +163,20 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
 
     from study.train.pretrain import save_checkpoint, train_classifier
 
-    state, meta = train_classifier(PretrainConfig(**config["pretrain"]), backbone=config["backbone"],
-                                   data_dir=config["data_dir"], device=ray.train.torch.get_device())
+    state, record = train_classifier(PretrainConfig(**config["pretrain"]), backbone=config["backbone"],
+                                     data_dir=config["data_dir"], device=ray.train.torch.get_device())
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
-            save_checkpoint(Path(tmp) / "pretrain.pt", state, meta)
+            save_checkpoint(Path(tmp) / "pretrain.pt", state, record)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(meta, checkpoint=checkpoint)  # a barrier: every rank calls it
+        ray.train.report(record.to_dict(), checkpoint=checkpoint)  # a barrier: every rank calls it
 
 
 def pretrain_on_ray(pcfg: PretrainConfig, *, backbone: str, data_dir: Path,
-                    storage: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    storage: str | None = None) -> tuple[dict[str, Any], PretrainRecord]:
     """Pre-train on `pcfg.workers` Ray Train workers, each with `pcfg.gpus` GPUs; returns
-    (backbone state dict, metadata). Rank 0 hands the weights back through Ray Train's
+    (backbone state dict, its record). Rank 0 hands the weights back through Ray Train's
     checkpoint under `storage` (a URI or a folder every node reaches; default a temporary folder,
     which serves one machine); each job is a new run there."""
     import dataclasses
@@ -193,4 +194,4 @@ def pretrain_on_ray(pcfg: PretrainConfig, *, backbone: str, data_dir: Path,
         assert result.checkpoint is not None
         with result.checkpoint.as_directory() as d:
             saved = load_state_file(Path(d) / "pretrain.pt")
-    return saved["backbone"], saved["meta"]
+    return saved["backbone"], PretrainRecord(**saved["meta"])

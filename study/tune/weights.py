@@ -5,33 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from study import layout
 from study.config import PretrainConfig, StudyConfig
-from study.train.pretrain import cached_checkpoint_path, classification_data, save_checkpoint, train_classifier
+from study.train.pretrain import (PretrainRecord, cached_checkpoint_path, classification_data, save_checkpoint,
+                                  train_classifier)
 from study.tune.storage import Store, node_dir
 
 
 def run_pretrain(pcfg: PretrainConfig, *, backbone: str, out: str | Path,
                  data_dir: str | Path, ray_storage: str | None = None,
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Pre-train and write the checkpoint to `out`; return its metadata. With one worker and no
+                 progress: Callable[[str], None] = print) -> PretrainRecord:
+    """Pre-train and write the checkpoint to `out`; return its record. With one worker and no
     GPU it trains in this process (no Ray); with more workers, or GPUs (`pcfg.gpus_per_worker`),
     data-parallel on Ray Train, which asks Ray for the GPUs (the same loop, sharded), its
     checkpoint passing through `ray_storage` (see `study.tune.jobs.pretrain_on_ray`)."""
     data_dir = Path(data_dir).resolve()  # Ray workers change directory
     if pcfg.workers == 1 and pcfg.gpus == 0:
-        state, meta = train_classifier(pcfg, backbone=backbone, data_dir=data_dir, progress=progress)
+        state, record = train_classifier(pcfg, backbone=backbone, data_dir=data_dir, progress=progress)
     else:
         from study.tune.jobs import pretrain_on_ray
 
         if pcfg.data == "synthetic":  # generate once, before the workers race to do it
             classification_data(pcfg, data_dir, progress)
-        state, meta = pretrain_on_ray(pcfg, backbone=backbone, data_dir=data_dir, storage=ray_storage)
-    save_checkpoint(out, state, meta)
+        state, record = pretrain_on_ray(pcfg, backbone=backbone, data_dir=data_dir, storage=ray_storage)
+    save_checkpoint(out, state, record)
     progress(f"wrote {out}")
-    return meta
+    return record
 
 
 def ensure_pretrained(pcfg: PretrainConfig, *, backbone: str, cache_dir: str | Path,

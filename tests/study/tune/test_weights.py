@@ -14,6 +14,7 @@ from study.cli import main
 from study.config import PretrainConfig, StudyConfig, study_from_dict
 from study.errors import ConfigError
 from study.train.build import build_detector
+from study.train.pretrain import PretrainRecord
 from study.train.pretrain import cached_checkpoint_path
 from study.tune.weights import ensure_pretrained, run_pretrain, study_weights
 
@@ -23,14 +24,15 @@ TINY = PretrainConfig(train_images=40, val_images=20, image_size=32, epochs=1.0,
 
 def test_pretrain_writes_a_checkpoint_the_detector_loads(tmp_path: Path) -> None:
     out = tmp_path / "ckpt.pt"
-    meta = run_pretrain(TINY, backbone="resnet18", out=out, data_dir=tmp_path / "data",
-                        progress=lambda _m: None)
+    record = run_pretrain(TINY, backbone="resnet18", out=out, data_dir=tmp_path / "data",
+                          progress=lambda _m: None)
     saved = torch.load(out, weights_only=True)
-    assert saved["meta"] == meta
-    assert meta["iterations"] == 5 and meta["images_seen"] == 40 == 5 * 8
-    assert meta["instances_seen"] == 40 and meta["pixels_seen"] == 40 * 32 * 32
-    assert meta["classes"] == 10 and meta["chance_accuracy"] == 0.1 and 0 <= meta["val_accuracy"] <= 1
-    assert (meta["backbone"], meta["norm"], meta["image_size"]) == ("resnet18", "gn", 32)
+    assert PretrainRecord.from_meta(saved["meta"]) == record and saved["meta"] == record.to_dict()
+    assert record.iterations == 5 and record.images_seen == 40 == 5 * 8
+    assert record.instances_seen == 40 and record.pixels_seen == 40 * 32 * 32
+    assert record.classes == 10 and record.chance_accuracy == 0.1 and 0 <= record.val_accuracy <= 1
+    assert (record.backbone, record.norm, record.image_size) == ("resnet18", "gn", 32)
+    assert PretrainRecord.from_meta({"torchvision_weights": "ResNet50_Weights.IMAGENET1K_V1"}) is None
     assert not any(k.startswith("fc.") for k in saved["backbone"])
     detector = build_mask_rcnn(backbone="resnet18", norm="gn", num_classes=5, profile="tiny",
                                min_size=64, max_size=64)
@@ -75,11 +77,11 @@ def test_pretrain_on_two_ray_train_workers(tmp_path: Path) -> None:
 
     pcfg = PretrainConfig(**{**TINY.__dict__, "workers": 2})
     try:
-        meta = run_pretrain(pcfg, backbone="resnet18", out=tmp_path / "ddp.pt",
+        record = run_pretrain(pcfg, backbone="resnet18", out=tmp_path / "ddp.pt",
                             data_dir=tmp_path / "data", progress=lambda _m: None)
     finally:
         ray.shutdown()
-    assert meta["workers"] == 2 and meta["images_seen"] == 40 and meta["iterations"] == 5
+    assert record.workers == 2 and record.images_seen == 40 and record.iterations == 5
     assert torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]["workers"] == 2
 
 
@@ -165,6 +167,6 @@ def test_pretraining_with_gpus_is_a_ray_train_job_that_asks_for_them(tmp_path: P
         run_pretrain(dataclasses.replace(TINY, gpus_per_worker=1.0), backbone="resnet18", out=tmp_path / "p.pt",
                      data_dir=tmp_path / "data", progress=lambda _m: None)
     assert asked == [{"workers": 1, "use_gpu": True, "resources_per_worker": {"CPU": 1, "GPU": 1.0}}]
-    meta = run_pretrain(dataclasses.replace(TINY, gpus_per_worker=0.0), backbone="resnet18", out=tmp_path / "c.pt",
-                        data_dir=tmp_path / "data", progress=lambda _m: None)
-    assert meta["device"] == "cpu" and len(asked) == 1  # in this process
+    record = run_pretrain(dataclasses.replace(TINY, gpus_per_worker=0.0), backbone="resnet18", out=tmp_path / "c.pt",
+                          data_dir=tmp_path / "data", progress=lambda _m: None)
+    assert record.device == "cpu" and len(asked) == 1  # in this process
