@@ -34,10 +34,11 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # <storage>/
 DATA = "data"
@@ -135,6 +136,41 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+Status = Literal["running", "finished", "diverged", "training", "paused"]
+STATUSES: tuple[Status, ...] = typing.get_args(Status)
+LOGGED: tuple[Status, ...] = ("running", "finished", "diverged")  # written to the log; the others go to Tune only
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One result of a trial: an evaluation ('running', or 'finished' at the schedule's end) or a
+    divergence ('diverged'), which the metric log keeps; a progress report between evaluations
+    ('training') or a paused segment's end ('paused'), which only Tune sees. `as_dict` is the row
+    as the log and Tune hold it, every group's columns side by side."""
+
+    iteration: int
+    status: Status
+    trial: Mapping[str, Any]  # Trial.columns(): init, schedule, train_images, base_lr, seed, ...
+    lr: float | None = None
+    losses: Mapping[str, float] = field(default_factory=dict)  # loss, loss_classifier, ...
+    metrics: Mapping[str, float] = field(default_factory=dict)  # bbox_AP, segm_AP, ..., eval_s
+    images_per_s: float | None = None
+    seen: Mapping[str, int] = field(default_factory=dict)  # images_seen, ..., pretrain_pixels_seen
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"iteration": self.iteration, "status": self.status}
+        if self.lr is not None:
+            row["lr"] = self.lr
+        row |= {**self.trial, **self.losses, **self.metrics}
+        if self.images_per_s is not None:
+            row["images_per_s"] = self.images_per_s
+        return row | dict(self.seen)
+
+
 class CorruptFile(ValueError):
     """A file of the study whose content is not what was written; the message names it."""
 
@@ -166,7 +202,10 @@ def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 def append_metrics(trial_dir: str | Path, row: dict[str, Any]) -> Path:
-    """Append one row, flushed to disk before returning (the log survives a crash right after)."""
+    """Append one row (`MetricRow.as_dict()` of a logged status), flushed to disk before returning
+    (the log survives a crash right after)."""
+    if row.get("status") not in LOGGED:
+        raise ValueError(f"a {row.get('status')!r} row is not logged (the log holds {', '.join(LOGGED)})")
     path = Path(trial_dir) / METRICS
     try:
         with open(path, "a") as f:

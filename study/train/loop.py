@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from models.init import init_scratch, load_backbone
 from models.norms import convert_sync_batchnorm
 from study import layout
+from study.layout import MetricRow
 from study.config import StudyConfig
 from study.data.coco import InstanceDataset, collate
 from study.data.sampling import IterationBatchSampler
@@ -160,12 +161,11 @@ def evaluate_row(setup: Setup, trial: Trial, it: int, lr: float, losses: dict[st
     metrics = coco_metrics(setup.val, results) if rank == 0 else {}
     metrics["eval_s"] = time.perf_counter() - now  # prediction and COCOeval
     pre = setup.pretrain
-    return {"iteration": it, "status": "finished" if it == setup.schedule.max_iter else "running",
-            "lr": lr, **trial.columns(), **losses, **metrics, "images_per_s": images_per_s,
-            **_seen(progress),
-            "pretrain_images_seen": pre.images_seen if pre else 0,
-            "pretrain_instances_seen": pre.instances_seen if pre else 0,
-            "pretrain_pixels_seen": pre.pixels_seen if pre else 0}
+    return MetricRow(it, "finished" if it == setup.schedule.max_iter else "running", trial.columns(), lr=lr,
+                     losses=losses, metrics=metrics, images_per_s=images_per_s,
+                     seen={**_seen(progress), "pretrain_images_seen": pre.images_seen if pre else 0,
+                           "pretrain_instances_seen": pre.instances_seen if pre else 0,
+                           "pretrain_pixels_seen": pre.pixels_seen if pre else 0}).as_dict()
 
 
 def _seen(progress: Progress) -> dict[str, int]:
@@ -178,8 +178,9 @@ def progress_row(trial: Trial, it: int, lr: float, losses: dict[str, float], pro
     """A progress report at iteration `it` (status 'training'): the mean losses since the last
     report over all ranks, LR, throughput, samples seen; AP NaN (Tune needs the metric in every
     result; TensorBoard leaves NaN out, so its AP curves hold evaluations only)."""
-    return {"iteration": it, "status": "training", "lr": lr, **trial.columns(), **losses,
-            "bbox_AP": float("nan"), "segm_AP": float("nan"), "images_per_s": images_per_s, **_seen(progress)}
+    return MetricRow(it, "training", trial.columns(), lr=lr, losses=losses,
+                     metrics={"bbox_AP": float("nan"), "segm_AP": float("nan")}, images_per_s=images_per_s,
+                     seen=_seen(progress)).as_dict()
 
 
 def train_trial(cfg: StudyConfig, trial: Trial, *, out_dir: str | Path, data_root: str | Path,
@@ -239,8 +240,9 @@ def paused_row(trial: Trial, out_dir: Path, iteration: int) -> dict[str, Any]:
     """What a paused segment reports to Tune (not logged): where it paused, and the AP of its
     last evaluation (NaN before the first one: Tune needs the metric in every result)."""
     last = _last_row(out_dir)
-    return {"iteration": iteration, "status": "paused", **trial.columns(),
-            "bbox_AP": last.get("bbox_AP", float("nan")), "segm_AP": last.get("segm_AP", float("nan"))}
+    return MetricRow(iteration, "paused", trial.columns(),
+                     metrics={"bbox_AP": last.get("bbox_AP", float("nan")),
+                              "segm_AP": last.get("segm_AP", float("nan"))}).as_dict()
 
 
 def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net: nn.Module, *,
@@ -292,9 +294,9 @@ def _loop(cfg: StudyConfig, trial: Trial, setup: Setup, progress: Progress, net:
             progress.counts[k] += round(v)
         if not math.isfinite(losses["loss"]):
             # NaN metrics, not missing ones: Tune stops the whole study on a result without its metric
-            row = {"iteration": it, "status": "diverged", "lr": lr, **trial.columns(),
-                   **{k: float("nan") for k in (*losses, "bbox_AP", "segm_AP")},
-                   "images_seen": progress.counts["images"]}
+            row = MetricRow(it, "diverged", trial.columns(), lr=lr, losses={k: float("nan") for k in losses},
+                            metrics={"bbox_AP": float("nan"), "segm_AP": float("nan")},
+                            seen={"images_seen": progress.counts["images"]}).as_dict()
             log(row)
             report(row, None)
             return row

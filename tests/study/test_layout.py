@@ -26,7 +26,7 @@ def test_an_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Pat
 def test_the_metric_log_appends_rewrites_and_truncates(tmp_path: Path) -> None:
     assert layout.read_metrics(tmp_path) == []
     for it in (4, 8, 12):
-        layout.append_metrics(tmp_path, {"iteration": it, "loss": 1.0 / it, "bbox_AP": math.nan})
+        layout.append_metrics(tmp_path, {"iteration": it, "status": "running", "loss": 1.0 / it, "bbox_AP": math.nan})
     rows = layout.read_metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [4, 8, 12] and math.isnan(rows[0]["bbox_AP"])
     assert not layout.truncate_metrics(tmp_path, 12)  # nothing past the checkpoint
@@ -34,6 +34,19 @@ def test_the_metric_log_appends_rewrites_and_truncates(tmp_path: Path) -> None:
     assert [r["iteration"] for r in layout.read_metrics(tmp_path)] == [4, 8]
     assert layout.truncate_metrics(tmp_path, 0) and layout.read_metrics(tmp_path) == []
     assert not (tmp_path / (layout.METRICS + ".tmp")).exists()
+
+
+def test_a_metric_row_has_one_constructor_and_a_closed_set_of_statuses(tmp_path: Path) -> None:
+    row = layout.MetricRow(8, "finished", {"init": "scratch", "seed": 0}, lr=0.01, losses={"loss": 0.5},
+                           metrics={"bbox_AP": 12.5}, images_per_s=3.0, seen={"images_seen": 32})
+    assert row.as_dict() == {"iteration": 8, "status": "finished", "lr": 0.01, "init": "scratch", "seed": 0,
+                             "loss": 0.5, "bbox_AP": 12.5, "images_per_s": 3.0, "images_seen": 32}
+    assert layout.MetricRow(4, "paused", {"seed": 0}).as_dict() == {"iteration": 4, "status": "paused", "seed": 0}
+    with pytest.raises(ValueError, match="status 'done' is not one of running, finished, diverged, training, paused"):
+        layout.MetricRow(4, "done", {})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a 'training' row is not logged"):
+        layout.append_metrics(tmp_path, layout.MetricRow(4, "training", {}).as_dict())
+    assert layout.read_metrics(tmp_path) == []
 
 
 def test_run_info_round_trips(tmp_path: Path) -> None:
