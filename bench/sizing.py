@@ -119,7 +119,9 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     import models.mask_rcnn as mr
     from models.init import init_scratch, load_backbone
     from study.data.coco import collate
+    from study.config import SolverConfig
     from study.data.sampling import IterationBatchSampler
+    from study.plan.schedule import Schedule, lr_at
     from study.train.build import build_sgd
     from study.train.precision import use_bf16
     from study.train.steps import evaluate, train_step
@@ -140,10 +142,11 @@ def run(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     evals, train_s, start = {}, 0.0, time.perf_counter()
     model.train()
     tick = time.perf_counter()
+    solver = SolverConfig(base_lr=v["lr"], warmup_iters=v["warmup"])  # no LR drop within the run
+    schedule = Schedule(max_iter=max(points), milestones=(), warmup_iters=v["warmup"])
     for it, (images, targets) in enumerate(DataLoader(train, batch_sampler=sampler, collate_fn=collate), 1):
-        warm = min(1.0, 1 / 3 + (2 / 3) * it / v["warmup"])
         for group in optimizer.param_groups:
-            group["lr"] = v["lr"] * warm
+            group["lr"] = lr_at(it - 1, schedule, solver)
         train_step(model, images, targets, optimizer, bf16=bf16)
         if it in points:
             train_s += time.perf_counter() - tick

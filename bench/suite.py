@@ -483,8 +483,9 @@ def roofline(work: Path) -> dict[str, Any]:
     from study.config import load_study
     from study.data.coco import collate
     from study.train.build import trial_datasets
-    from study.train.precision import autocast, cpu_has_native_bf16
-    from study.train.steps import train_step
+    from study.train.precision import cpu_has_native_bf16
+    from study.train.pretrain import build_pretrain_optimizer
+    from study.train.steps import classifier_step, train_step
 
     cores = os.cpu_count() or 1
     native = cpu_has_native_bf16()
@@ -506,17 +507,11 @@ def roofline(work: Path) -> dict[str, Any]:
     batch = 16 if QUICK else pcfg.batch_size
     torch.manual_seed(0)
     classifier = build_classifier(backbone="resnet18", norm=pcfg.norm, num_classes=10)
-    opt = torch.optim.AdamW(classifier.parameters(), lr=pcfg.base_lr)
+    opt = build_pretrain_optimizer(classifier, pcfg)
     x, y = torch.randn(batch, 3, pcfg.image_size, pcfg.image_size), torch.randint(0, 10, (batch,))
     for bf16 in precisions:
-        def step(bf16: bool = bf16) -> None:
-            with autocast(x.device, bf16):
-                loss = torch.nn.functional.cross_entropy(classifier(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        row = _roofline_row(step, batch, cores, bf16, peaks)
+        row = _roofline_row(lambda bf16=bf16: classifier_step(classifier, x, y, opt, bf16=bf16),
+                            batch, cores, bf16, peaks)
         out.update({f"pretrain_{'bf16' if bf16 else 'fp32'}_{k}": v for k, v in row.items()})
     torch.set_num_threads(cores)
     return out

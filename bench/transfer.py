@@ -30,6 +30,8 @@ from study.analysis.claims import t_interval
 from study.data.coco import InstanceDataset, collate, load_coco
 from study.data.sampling import IterationBatchSampler
 from study.data.synthetic import SynthSpec, write_synthetic
+from study.config import SolverConfig
+from study.plan.schedule import Schedule, lr_at
 from study.train.build import build_sgd
 from study.train.steps import evaluate, train_step
 
@@ -57,10 +59,11 @@ def run_arm(job: tuple[str | None, int, argparse.Namespace]) -> dict[str, Any]:
     sampler = IterationBatchSampler(len(train), args.batch, seed=seed, start_iter=0, max_iter=args.iters)
     losses, evals, start = [], {}, time.perf_counter()
     model.train()
+    solver = SolverConfig(base_lr=args.lr, warmup_iters=args.warmup)  # Detectron's warm-up from lr/3, no drop
+    schedule = Schedule(max_iter=args.iters, milestones=(), warmup_iters=args.warmup)
     for it, (images, targets) in enumerate(DataLoader(train, batch_sampler=sampler, collate_fn=collate), 1):
-        warm = min(1.0, 1 / 3 + (2 / 3) * it / args.warmup)  # linear warm-up from lr/3 (Detectron)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * warm
+            group["lr"] = lr_at(it - 1, schedule, solver)
         losses.append(train_step(model, images, targets, optimizer)["loss"])
         if it in args.eval_at:
             m = evaluate(model, val)

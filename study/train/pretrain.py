@@ -32,7 +32,9 @@ from models.norms import convert_sync_batchnorm, parameter_groups
 from study.config import PretrainConfig
 from study.data.classification import ClassSynthSpec, load_image_folder, write_classification_set
 from study.layout import atomic_write
-from study.train.precision import autocast, use_bf16
+from study.train.build import build_sgd
+from study.train.precision import use_bf16
+from study.train.steps import classifier_step
 from study.train import collectives
 
 
@@ -109,6 +111,15 @@ class PretrainRecord:
         return cls(**{n: meta[n] for n in names}) if all(n in meta for n in names) else None
 
 
+def build_pretrain_optimizer(model: nn.Module, pcfg: PretrainConfig) -> torch.optim.Optimizer:
+    """`pcfg.optimizer`: SGD as the detector's (`build_sgd`, fused) or AdamW; no weight decay on norms."""
+    if pcfg.optimizer == "sgd":
+        return build_sgd(model, lr=pcfg.base_lr, momentum=pcfg.momentum, weight_decay=pcfg.weight_decay,
+                         weight_decay_norm=0.0)
+    return torch.optim.AdamW(parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0),
+                             lr=pcfg.base_lr)
+
+
 def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Path,
                      device: torch.device | str = "cpu",
                      progress: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], PretrainRecord]:
@@ -131,11 +142,7 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             model = convert_sync_batchnorm(model, norm, device)
     net = collectives.data_parallel(model, device)
     bf16 = use_bf16(pcfg.precision, device)
-    groups = parameter_groups(model, weight_decay=pcfg.weight_decay, weight_decay_norm=0.0)
-    if pcfg.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=pcfg.base_lr, momentum=pcfg.momentum)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=pcfg.base_lr)
+    optimizer = build_pretrain_optimizer(model, pcfg)
     per_rank = pcfg.batch_size // world_size
     iterations = max(1, round(pcfg.epochs * len(train) / pcfg.batch_size))
     sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True,
@@ -145,7 +152,6 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
     say(f"pre-training {backbone}-{norm} on {description}: {len(train)} train / {len(val)} val images, "
         f"{len(classes)} classes, {iterations} iterations of {pcfg.batch_size} ({pcfg.epochs:g} epochs), "
         f"{world_size} worker(s) on {device.type}, {'bf16 autocast' if bf16 else 'fp32'}")
-    loss_fn = nn.CrossEntropyLoss()
     it, epoch, window = 0, 0, {"loss": 0.0, "correct": 0.0, "seen": 0.0}  # since the last print
     last_acc, tick = 0.0, time.perf_counter()
     every = max(1, iterations // 10)
@@ -157,16 +163,12 @@ def train_classifier(pcfg: PretrainConfig, *, backbone: str, data_dir: str | Pat
             lr = cosine_lr(it, iterations, pcfg.base_lr, pcfg.warmup_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, bf16):
-                logits = net(images.to(device, non_blocking=True))
-                loss = loss_fn(logits.float(), labels.to(device))
-            if not collectives.all_finite(loss.item()):  # every rank stops, none waits in backward
-                raise FloatingPointError(f"pre-training loss is not finite at iteration {it} (this rank's: "
-                                         f"{loss.item()}): lower pretrain.base_lr (now {pcfg.base_lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            window["loss"] += loss.item() * labels.numel()
+            loss, logits = classifier_step(net, images.to(device, non_blocking=True), labels.to(device),
+                                           optimizer, bf16=bf16)
+            if not math.isfinite(loss):  # every rank stops, none waits in backward
+                raise FloatingPointError(f"pre-training loss is not finite at iteration {it} on some rank: "
+                                         f"lower pretrain.base_lr (now {pcfg.base_lr})")
+            window["loss"] += loss * labels.numel()
             window["correct"] += float((logits.argmax(1).cpu() == labels).sum())
             window["seen"] += labels.numel()
             it += 1

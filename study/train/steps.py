@@ -36,14 +36,37 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict[
     total = sum(losses.values())
     parts = torch.stack([v.detach().float() for v in (*losses.values(), total)]).tolist()  # one sync
     values = dict(zip([*losses, "loss"], parts))
-    if not collectives.all_finite(values["loss"]):
+    if not apply_gradients(total, values["loss"], optimizer, model=model, clip_grad_norm=clip_grad_norm):
         return {**values, "loss": math.nan}
+    return values
+
+
+def apply_gradients(loss: torch.Tensor, value: float, optimizer: torch.optim.Optimizer, *,
+                    model: nn.Module | None = None, clip_grad_norm: float | None = None) -> bool:
+    """The update every training loop of the project makes once it has its loss (`value`: the
+    loss as a float): if the loss is finite on every rank, zero the gradients, backpropagate, clip
+    (`clip_grad_norm`, over `model`'s parameters) and step; else no rank steps. Returns whether it
+    stepped. The detector's `train_step` and the classifier's `classifier_step` go through it."""
+    if not collectives.all_finite(value):
+        return False
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    loss.backward()
     if clip_grad_norm is not None:
+        assert model is not None, "clipping needs the model's parameters"
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
-    return values
+    return True
+
+
+def classifier_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    optimizer: torch.optim.Optimizer, *, bf16: bool = False) -> tuple[float, torch.Tensor]:
+    """One step of the pre-training classifier (cross-entropy, computed in fp32): (the loss as a
+    float, NaN if it was not finite on some rank and nothing stepped; the logits, for accuracy)."""
+    with autocast(images.device, bf16):
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+    value = loss.item()
+    return (value if apply_gradients(loss, value, optimizer) else math.nan), logits
 
 
 @torch.no_grad()
