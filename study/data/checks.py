@@ -201,9 +201,22 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
             report.error("file", f"not a COCO instances file: '{key}' is missing or not a list")
     if report.errors:
         return report
+    _check_categories(report, data["categories"])
+    declared = _check_images(report, data["images"])
+    _check_annotations(report, data["annotations"], declared)
+    if image_root is not None and images != "none":
+        root = Path(image_root)
+        if not root.is_dir():
+            report.error("file", f"image folder not found: {root}")
+        else:
+            for iid, (name, h, w) in declared.items():
+                _check_image_file(report, f"image {iid} ({name})", root / name, w, h, images)
+    return report
 
-    # categories
-    for cat in data["categories"]:
+
+def _check_categories(report: CheckReport, categories: list[Any]) -> None:
+    """Ids: integers, each declared once (into `report.categories`); names shared: a warning."""
+    for cat in categories:
         cid, name = (cat.get("id"), cat.get("name")) if isinstance(cat, dict) else (None, None)
         if not isinstance(cid, int) or isinstance(cid, bool):
             report.error(f"category {cid!r}", "category id is missing or not an integer")
@@ -217,16 +230,17 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
         if n > 1:
             report.warning(f"category {name!r}", f"{n} categories share this name")
 
-    # images
-    image_dims: dict[int, tuple[Any, Any]] = {}
-    image_names: dict[int, str] = {}
-    for img in data["images"]:
+
+def _check_images(report: CheckReport, records: list[Any]) -> dict[int, tuple[str, Any, Any]]:
+    """The declared images: {id: (file_name, height, width)}; bad ids, names and sizes reported."""
+    declared: dict[int, tuple[str, Any, Any]] = {}
+    for img in records:
         iid = img.get("id") if isinstance(img, dict) else None
         record = f"image {iid!r}"
         if not isinstance(iid, int) or isinstance(iid, bool):
             report.error(record, "image id is missing or not an integer")
             continue
-        if iid in image_dims:
+        if iid in declared:
             report.error(record, "image id declared twice")
             continue
         fname, w, h = img.get("file_name"), img.get("width"), img.get("height")
@@ -235,16 +249,19 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
             report.error(record, "file_name is missing")
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
             report.error(record, f"width/height must be positive integers, got {w!r}x{h!r}")
-        image_dims[iid] = (h, w)
-        image_names[iid] = str(fname)
-    report.images = len(image_dims)
+        declared[iid] = (str(fname), h, w)
+    report.images = len(declared)
+    return declared
 
-    # annotations
+
+def _check_annotations(report: CheckReport, annotations: list[Any], declared: dict[int, tuple[str, Any, Any]]) -> None:
+    """Each annotation's ids, box, area and segmentation; the counts of the usable ones; the
+    instances training cannot use, ids below 1 and unused categories as warnings."""
     seen_ann: set[Any] = set()
     images_with_instances: set[int] = set()
     images_per_cat: dict[int, set[int]] = collections.defaultdict(set)
     untrainable: dict[str, list[Any]] = collections.defaultdict(list)
-    for ann in data["annotations"]:
+    for ann in annotations:
         aid = ann.get("id") if isinstance(ann, dict) else None
         record = f"annotation {aid!r}"
         if aid is None or not isinstance(ann, dict):
@@ -254,23 +271,7 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
             report.error(record, "annotation id used twice")
             continue
         seen_ann.add(aid)
-        iid, cid = ann.get("image_id"), ann.get("category_id")
-        problems_before = len(report.problems)
-        if iid not in image_dims:
-            report.error(record, f"image_id {iid!r} is not a declared image")
-        if cid not in report.categories:
-            report.error(record, f"category_id {cid!r} is not a declared category "
-                                 f"(declared: {sorted(report.categories)})")
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            report.error(record, f"bbox must be [x, y, width, height], got {bbox!r:.60}")
-        else:
-            area = ann.get("area")
-            if area is not None and not _is_number(area):
-                report.error(record, f"area must be a number, got {area!r:.60}")
-        h, w = image_dims.get(iid, (None, None))
-        _check_segmentation(report, record, ann.get("segmentation"), h, w)
-        if len(report.problems) > problems_before:  # counted only when it could be used
+        if not _annotation_is_valid(report, record, ann, declared):  # counted only when it could be used
             continue
         if ann.get("iscrowd", 0):
             report.crowd += 1
@@ -278,10 +279,11 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
         reason = training_problem(ann)
         if reason is not None:
             untrainable[reason].append(aid)
+        cid = ann["category_id"]
         report.instances += 1
         report.instances_per_category[cid] = report.instances_per_category.get(cid, 0) + 1
-        images_per_cat[cid].add(iid)
-        images_with_instances.add(iid)
+        images_per_cat[cid].add(ann["image_id"])
+        images_with_instances.add(ann["image_id"])
     low = sorted(a for a in seen_ann if isinstance(a, int) and not isinstance(a, bool) and a < 1)
     if low:
         report.warning(f"annotation {low[0]}", f"{len(low)} annotation id(s) below 1 (ids start at {low[0]}): "
@@ -290,20 +292,31 @@ def check_instances(data: Any, *, source: str = "annotations", image_root: str |
     if untrainable:
         report.warning("annotations", _untrainable_message(untrainable))
     report.images_per_category = {c: len(s) for c, s in images_per_cat.items()}
-    report.images_without_instances = len(set(image_dims) - images_with_instances)
+    report.images_without_instances = len(set(declared) - images_with_instances)
     for cid, name in sorted(report.categories.items()):
         if cid not in report.instances_per_category:
             report.warning(f"category {cid} ({name})", "declared but never used by an instance")
 
-    if image_root is not None and images != "none":
-        root = Path(image_root)
-        if not root.is_dir():
-            report.error("file", f"image folder not found: {root}")
-        else:
-            for iid, (h, w) in image_dims.items():
-                _check_image_file(report, f"image {iid} ({image_names[iid]})",
-                                  root / image_names[iid], w, h, images)
-    return report
+
+def _annotation_is_valid(report: CheckReport, record: str, ann: dict[str, Any],
+                         declared: dict[int, tuple[str, Any, Any]]) -> bool:
+    """Report what is wrong with one annotation's image, category, box, area and segmentation;
+    True if nothing is."""
+    problems_before = len(report.problems)
+    iid, cid = ann.get("image_id"), ann.get("category_id")
+    if iid not in declared:
+        report.error(record, f"image_id {iid!r} is not a declared image")
+    if cid not in report.categories:
+        report.error(record, f"category_id {cid!r} is not a declared category "
+                             f"(declared: {sorted(report.categories)})")
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        report.error(record, f"bbox must be [x, y, width, height], got {bbox!r:.60}")
+    elif ann.get("area") is not None and not _is_number(ann["area"]):
+        report.error(record, f"area must be a number, got {ann['area']!r:.60}")
+    _, h, w = declared.get(iid, (None, None, None))
+    _check_segmentation(report, record, ann.get("segmentation"), h, w)
+    return len(report.problems) == problems_before
 
 
 def check_file(annotations: str | Path, image_root: str | Path | None = None, *,
