@@ -51,9 +51,47 @@ def run_study(cfg: StudyConfig, *, storage: str | Path = "runs", name: str | Non
 
 def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | None, resume: bool,
                 forking: bool, verbose: int, timings: dict[str, float]) -> Any:
-    import ray
     from ray import tune
 
+    _refuse_conflicts(cfg, store, name, resume=resume, forking=forking)
+    tick = time.perf_counter()
+
+    def phase(label: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        timings[label] = timings.get(label, 0.0) + now - tick
+        tick = now
+
+    data_root = node_dir(layout.DATA) if store.remote else store.local(layout.DATA)
+    check_study_data(cfg, data_root)  # before Ray
+    check_study_weights(cfg, cfg.model.pretrained_weights)
+    store.write_text(f"{name}/{layout.STUDY_FILE}", dump_study(cfg))
+    phase("checks_and_data")
+    per_trial = cfg.resources.workers * cfg.resources.cpus_per_worker
+    # before the pre-training: with GPUs or several workers it is a Ray Train job on this Ray
+    dashboard = start_ray(cpus=per_trial, address=address,
+                          resources={TRAIN_DRIVER: max(1, (os.cpu_count() or 1) // per_trial)})
+    phase("ray_start")
+    weights, in_store = weights_in_store(cfg, store)
+    phase("pretraining")
+    setup = StudySetup(study=cfg, storage=store.uri(), name=name,
+                       data_root=None if store.remote else str(data_root),  # None: each node's own
+                       pretrained_weights=weights, weights_in_store=in_store)
+    trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), _trial_resources(cfg))
+    most = _announce(cfg, store, name, forking=forking, dashboard=dashboard)
+    tune_dir = store.uri(name, layout.TUNE)
+    if resume and tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True)
+    else:
+        tuner = _new_tuner(cfg, store, name, trainable, forking=forking, verbose=verbose, trials=most.tune_trials)
+    grid = tuner.fit()
+    phase("trials")
+    return grid
+
+
+def _refuse_conflicts(cfg: StudyConfig, store: Store, name: str, *, resume: bool, forking: bool) -> None:
+    """ConfigError for a run folder that holds another study, or this one's trials without
+    --resume, and for halving without forking."""
     run_dir = store.uri(name)
     saved = store.read_text(f"{name}/{layout.STUDY_FILE}")
     if saved is not None and saved != dump_study(cfg):
@@ -63,43 +101,28 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
     if not resume and store.listdir(layout.trial_path(name)):
         raise ConfigError("--name", f"{run_dir} already holds trials of this study: add --resume to "
                                     "continue it (finished trials are kept), or choose another --name")
-    tick = time.perf_counter()
-
-    def phase(label: str) -> None:
-        nonlocal tick
-        now = time.perf_counter()
-        timings[label] = timings.get(label, 0.0) + now - tick
-        tick = now
-
     if cfg.lr.halving is not None and not forking:
         raise ConfigError("lr.halving", "halving continues the trunks of the kept LRs: it needs forking "
                                         "(drop --no-fork, or remove lr.halving)")
-    data_root = node_dir(layout.DATA) if store.remote else store.local(layout.DATA)
-    check_study_data(cfg, data_root)  # before Ray
-    check_study_weights(cfg, cfg.model.pretrained_weights)
-    store.write_text(f"{name}/{layout.STUDY_FILE}", dump_study(cfg))
-    phase("checks_and_data")
+
+
+def _trial_resources(cfg: StudyConfig) -> dict[str, float]:
+    """What a Tune trial asks Ray for: its worker's CPU and GPU when it trains in its own process;
+    else one TRAIN_DRIVER token for its Ray Train driver (one CPU where the cluster has none)."""
+    import ray
+
     res = cfg.resources
-    inline = res.in_process
-    per_trial = res.workers * res.cpus_per_worker
-    # before the pre-training: with GPUs or several workers it is a Ray Train job on this Ray
-    dashboard = start_ray(cpus=per_trial, address=address,
-                          resources={TRAIN_DRIVER: max(1, (os.cpu_count() or 1) // per_trial)})
-    phase("ray_start")
-    weights, in_store = weights_in_store(cfg, store)
-    phase("pretraining")
-    if inline:
-        trial_resources = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
-    elif ray.cluster_resources().get(TRAIN_DRIVER):
-        trial_resources = {TRAIN_DRIVER: 1}
-    else:
-        print(f"note: the cluster has no {TRAIN_DRIVER} resource (see cluster.yaml); "
-              "each trial's Train driver takes 1 CPU")
-        trial_resources = {"CPU": 1}
-    setup = StudySetup(study=cfg, storage=store.uri(), name=name,
-                       data_root=None if store.remote else str(data_root),  # None: each node's own
-                       pretrained_weights=weights, weights_in_store=in_store)
-    trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), trial_resources)
+    if res.in_process:
+        return {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    if ray.cluster_resources().get(TRAIN_DRIVER):
+        return {TRAIN_DRIVER: 1}
+    print(f"note: the cluster has no {TRAIN_DRIVER} resource (see cluster.yaml); "
+          "each trial's Train driver takes 1 CPU")
+    return {"CPU": 1}
+
+
+def _announce(cfg: StudyConfig, store: Store, name: str, *, forking: bool, dashboard: str | None) -> Any:
+    """Print what the study will train and where to watch it; return the plan of every look."""
     plan = plan_study(cfg)
     most = plan_study(up_to_look(cfg, len(look_sizes(cfg)) - 1))  # every seed, if every look is needed
     iterations = (plan.iterations_halving if plan.halving else plan.iterations_forked) if forking \
@@ -107,33 +130,35 @@ def _run_locked(cfg: StudyConfig, store: Store, name: str, *, address: str | Non
     how = (" with forking and halving" if plan.halving else " with forking") if forking else ""
     more = (f" at the first look ({len(cfg.grid.seeds)} seeds), up to {most.trials} trials with "
             f"{cfg.evidence.max_seeds} seeds while a claim is open" if cfg.evidence else "")
-    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations{how}{more} -> {run_dir}")
+    print(f"study {cfg.name}: {plan.trials} trials, {iterations:,} iterations{how}{more} -> {store.uri(name)}")
     for line in evaluation_warnings(cfg):
         print(line)
     print(f"watch: tensorboard --logdir {store.uri(name, layout.TUNE)}"
           + (f"   |   Ray dashboard: http://{dashboard}" if dashboard else ""), flush=True)
-    tune_dir = store.uri(name, layout.TUNE)
-    if resume and tune.Tuner.can_restore(tune_dir):
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=StudySearcher(cfg, forking=forking, files=RunFiles(store.uri(), name)),
-                num_samples=most.tune_trials,  # at most: halving may drop LRs, the looks may stop early
-                metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
-                reuse_actors=True,  # one process per concurrent slot: no torch import per trial
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-            run_config=tune.RunConfig(
-                name=layout.TUNE, storage_path=run_dir, verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                progress_reporter=tune.CLIReporter(
-                    metric_columns=["iteration", "loss", METRIC, "segm_AP"],
-                    parameter_columns=["init", "schedule", "size", "seed", "lr"],
-                    max_report_frequency=30)))
-    grid = tuner.fit()
-    phase("trials")
-    return grid
+    return most
+
+
+def _new_tuner(cfg: StudyConfig, store: Store, name: str, trainable: Any, *, forking: bool, verbose: int,
+               trials: int) -> Any:
+    """Tune with the study's searcher, at most `trials` trials (halving may drop LRs, the looks may
+    stop early), trial folders named as the study's trials."""
+    from ray import tune
+
+    res = cfg.resources
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=StudySearcher(cfg, forking=forking, files=RunFiles(store.uri(), name)),
+            num_samples=trials, metric=METRIC, mode=MODE, max_concurrent_trials=res.max_concurrent_trials,
+            reuse_actors=True,  # one process per concurrent slot: no torch import per trial
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(
+            name=layout.TUNE, storage_path=store.uri(name), verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            progress_reporter=tune.CLIReporter(
+                metric_columns=["iteration", "loss", METRIC, "segm_AP"],
+                parameter_columns=["init", "schedule", "size", "seed", "lr"],
+                max_report_frequency=30)))
 
 
 def trial_name(tune_trial: Any) -> str:
