@@ -36,11 +36,8 @@ from study.plan.trials import Size, Trial
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from study.data.synthetic import SynthSpec, write_synthetic
 
-    spec = SynthSpec(train_images=args.train_images, val_images=args.val_images,
-                     image_size=args.image_size, seed=args.seed,
-                     min_objects=args.min_objects, max_objects=args.max_objects,
-                     min_radius=args.min_radius, max_radius=args.max_radius, labels=args.labels,
-                     **({"classes": tuple(args.classes.split(","))} if args.classes else {}))
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)}
+    spec = SynthSpec(**{**given, "classes": tuple(args.classes.split(","))})
     start = time.perf_counter()
     print(f"writing {spec.train_images} train + {spec.val_images} val images "
           f"({spec.image_size} px, seed {spec.seed}) to {args.out}")
@@ -265,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rethinking ImageNet Pre-training as a Ray Tune study: Mask R-CNN from scratch "
                     "vs pretrained, across schedules, training-set sizes and learning rates.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_add_data, _add_pretrain, _add_trial, _add_run, _add_analyze, _add_plan, _add_config):
+        add(verbs)
+    return parser
 
+
+def _add_data(verbs: argparse._SubParsersAction) -> None:
     data = verbs.add_parser("data", help="generate or check detection datasets",
                             description="Generate the synthetic dataset or check a COCO file.")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
@@ -276,23 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "backgrounds (train.json, val.json and PNG images), deterministic for a seed. "
                     "An existing set with the same options is reused unless --force.")
     synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--train-images", type=int, default=1000, help="training images (default 1000)")
-    synth.add_argument("--val-images", type=int, default=100, help="validation images (default 100)")
-    synth.add_argument("--image-size", type=int, default=64,
-                       help="longer image side in pixels (default 64)")
-    synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    synth.add_argument("--min-objects", type=int, default=1, help="objects per image, at least (default 1)")
-    synth.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
-    synth.add_argument("--min-radius", type=float, default=0.14,
-                       help="smallest object circumradius, a fraction of the shorter side (default 0.14)")
-    synth.add_argument("--max-radius", type=float, default=0.36,
-                       help="largest object circumradius, a fraction of the shorter side (default 0.36)")
-    synth.add_argument("--labels", choices=("shape", "object"), default="shape",
-                       help="shape: one category per shape class (default); object: one "
-                            "class-agnostic category for every instance")
-    synth.add_argument("--classes", default="",
-                       help="the shape classes drawn: a comma-separated subset of circle,triangle,square,"
-                            "star,hexagon in that order (default: all five)")
+    _synth_flags(synth)
     synth.add_argument("--force", action="store_true", help="regenerate even if the set exists")
     synth.set_defaults(func=_cmd_data_synth)
 
@@ -320,6 +306,39 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0, help="default 0")
     split.set_defaults(func=_cmd_data_split)
 
+
+# What each `study data synth` flag sets; its default is SynthSpec's.
+SYNTH_HELP = {
+    "train_images": "training images", "val_images": "validation images",
+    "image_size": "longer image side in pixels", "seed": "generation seed",
+    "min_objects": "objects per image, at least", "max_objects": "objects per image, at most",
+    "min_radius": "smallest object circumradius, a fraction of the shorter side",
+    "max_radius": "largest object circumradius, a fraction of the shorter side",
+    "labels": "shape: one category per shape class; object: one class-agnostic category for every instance",
+    "classes": "the shape classes drawn: a comma-separated subset, in this order, of",
+}
+
+
+def _synth_flags(synth: argparse.ArgumentParser) -> None:
+    """One flag per SynthSpec field, its default the dataclass's."""
+    from study.data.synthetic import SynthSpec
+
+    spec = SynthSpec()
+    for f in dataclasses.fields(SynthSpec):
+        default = getattr(spec, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "classes":
+            synth.add_argument(flag, default=",".join(default),
+                               help=f"{SYNTH_HELP[f.name]} {','.join(default)} (default: all)")
+        elif f.name == "labels":
+            synth.add_argument(flag, choices=("shape", "object"), default=default,
+                               help=f"{SYNTH_HELP[f.name]} (default {default})")
+        else:
+            synth.add_argument(flag, type=type(default), default=default,
+                               help=f"{SYNTH_HELP[f.name]} (default {default})")
+
+
+def _add_pretrain(verbs: argparse._SubParsersAction) -> None:
     pretrain = verbs.add_parser(
         "pretrain", help="pre-train a backbone as a classifier (the ImageNet stage)",
         description="Train the detector's backbone as an image classifier and write the checkpoint "
@@ -356,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help=f"default {getattr(defaults, key)}")
     pretrain.set_defaults(func=_cmd_pretrain)
 
+
+def _add_trial(verbs: argparse._SubParsersAction) -> None:
     trial = verbs.add_parser(
         "trial", help="run exactly one trial (outside Tune), for debugging and benchmarks",
         description="Run one trial of a study on Ray Train (or in this process with --no-ray): "
@@ -368,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     trial.set_defaults(func=_cmd_trial)
 
+
+def _add_run(verbs: argparse._SubParsersAction) -> None:
     run = verbs.add_parser(
         "run", help="run a whole study on Ray Tune (the main job)",
         description="Train every trial of a study (init x schedule x size x seed x LR) on Ray Tune, "
@@ -386,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train every schedule from iteration 0 instead of forking from the trunk")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_analyze(verbs: argparse._SubParsersAction) -> None:
     analyze = verbs.add_parser(
         "analyze", help="tables, figures and a report from a study run's stored results",
         description=f"Read RUN_DIR/{layout.TRIALS}/*/{layout.METRICS} (no Ray needed) and write report.md, a "
@@ -407,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "at most a quarter of that AP)")
     analyze.set_defaults(func=_cmd_analyze)
 
+
+def _add_plan(verbs: argparse._SubParsersAction) -> None:
     plan = verbs.add_parser(
         "plan", help="validate a study and print what it trains, without starting Ray",
         description="Print the cells, trials, lineages, fork points and iterations: naive (every "
@@ -421,12 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="halving's fraction kept per schedule (default: lr.halving.keep, else 0.5)")
     plan.set_defaults(func=_cmd_plan)
 
+
+def _add_config(verbs: argparse._SubParsersAction) -> None:
     config = verbs.add_parser("config", help="validate a study file and print it resolved",
                               description="Load a search-space YAML, validate every key and print "
                                           "the resolved config (defaults filled in, paths absolute).")
     config.add_argument("space", type=Path, help="study YAML, e.g. search_spaces/default.yaml")
     config.set_defaults(func=_cmd_config)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
