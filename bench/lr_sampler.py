@@ -8,7 +8,7 @@ as concurrent trials are); the LR it would report is the one with the best *obse
 score is the regret: the true AP at lr* minus the true AP at that LR (0 is perfect), averaged
 over repetitions, with the fraction of repetitions within 1 AP of the optimum.
 
-    python bench/lr_sampler.py --reps 200 --out bench/results/lr_sampler.json
+    python bench/lr_sampler.py --reps 200 --out docs/results/lr_sampler.json
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The synthetic generator is a pure function of (seed, split, index), so the first
 of the larger set are the study's own val images: their AP must match the run's metrics (a
 check that the re-evaluation is the study's), and the images past them are new draws.
 
-    python bench/reeval.py <storage>/<name> --val-images 2000 --schedules 3 --out bench/results/reeval.json
+    python bench/reeval.py <storage>/<name> --val-images 2000 --schedules 3 --out docs/results/reeval.json
 
 Only each trial's final checkpoint (`checkpoint.pt`) is evaluated, in fp32 on one thread.
 """

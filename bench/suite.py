@@ -819,7 +819,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
     p.add_argument("--study", type=Path, default=None, help="a finished study run to break down")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suite.json")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "study-bench" / "suite.json",
+                   help="where the results go (default: outside the repository, in the temp folder)")
     p.add_argument("--quick", action="store_true", help="smaller sizes: checks that it runs, measures little")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"interleaved rounds of the overhead and step parts (default {DEFAULT_ROUNDS})")
