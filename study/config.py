@@ -103,7 +103,7 @@ class PretrainConfig:
     norm: Norm | None = None
     image_size: int = 64
     # The default recipe reaches 90%+ val accuracy on the synthetic set in about 4 minutes of a
-    # 2-core CPU with GN and bf16 (750 iterations of 64; see the README's pre-training table).
+    # 2-core CPU with GN and bf16 (750 iterations of 64; docs/internals.md has the pre-training table).
     epochs: float = 8.0
     batch_size: int = 64
     optimizer: Literal["sgd", "adamw"] = "adamw"
@@ -177,7 +177,7 @@ class SolverConfig:
     log_period: int = 20
     clip_grad_norm: float | None = None  # the paper does not clip
     # bf16 autocast of the forward pass where the device has native bf16 (a CUDA GPU that supports
-    # it; a CPU with AVX512-BF16 or AMX), else fp32; or force either (see the README's levers).
+    # it; a CPU with AVX512-BF16 or AMX), else fp32; or force either (docs/performance.md has the levers).
     precision: Precision = "auto"
 
     def __post_init__(self) -> None:
@@ -248,7 +248,7 @@ class GridConfig:
             require(0 < f <= 1, "data_fraction", f"{f!r} must be in (0, 1]")
 
 
-# Optuna samplers for the LR search (`study.tune.searcher.make_sampler` builds them; README "LR
+# Optuna samplers for the LR search (`study.tune.searcher.make_sampler` builds them; docs/running.md "LR
 # search" has the measurement that chose the default).
 LRSampler = Literal["gp", "qmc", "qmc-tpe", "tpe", "random", "tpe-default"]
 
@@ -338,7 +338,7 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """How `study analyze` judges the paper's claims, fixed before the run (see README "Results")."""
+    """How `study analyze` judges the paper's claims, fixed before the run (docs/analysis.md)."""
 
     # Where "pretrained is ahead early" is judged: the evaluations of the longest schedule's curve up
     # to this iteration (see early_window); default: half of the 1x schedule.

@@ -10,7 +10,7 @@
   (on 2 CPU cores) found that clean, centred shapes transfer nothing to detection; this harder,
   object-centric set is learnable in CPU minutes (a GroupNorm ResNet-18: 94% val accuracy, chance
   10%, after 800 iterations of 64 with bf16 autocast, 4 minutes), and a backbone pre-trained on
-  it doubles the early bbox AP of the GN detector (bench/transfer.py; the README has the table).
+  it doubles the early bbox AP of the GN detector (bench/transfer.py; docs/internals.md has the table).
 
 Images are normalised with ImageNet's mean and std, as torchvision's Mask R-CNN normalises its
 input, so the backbone sees the same input statistics in both stages.
@@ -80,7 +80,7 @@ def classification_transforms(image_size: int, train: bool) -> Callable:
 
     No random-resized crop: on images whose one object sits off-centre, a crop of half the area
     often cuts the object out, and the label is then noise (with `scale=(0.5, 1)` the default
-    stand-in reached 24.8% val accuracy where this reaches 80%+; see the README).
+    stand-in reached 24.8% val accuracy where this reaches 80%+; docs/internals.md).
     """
     resize = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
     flip = [transforms.RandomHorizontalFlip()] if train else []

@@ -67,7 +67,7 @@ def make_sampler(name: str, *, samples: int, seed: int) -> Any:
     - 'tpe-default': TPE as Optuna ships it (10 random start-up trials: with fewer samples it
       never models anything).
 
-    README "LR search" has the measurement (bench/lr_sampler.py) that chose the default.
+    docs/running.md "LR search" has the measurement (bench/lr_sampler.py) that chose the default.
     """
     import optuna
 
