@@ -593,14 +593,15 @@ def merge_spaces(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 def resolve_paths(cfg: StudyConfig, base: Path | None = None) -> StudyConfig:
-    """The same config with its data paths made absolute (against `base`, default: the cwd)."""
+    """The same config with its data paths made absolute (against `base`, default: the cwd);
+    URIs (`s3://...`) are kept as they are."""
     base = (base or Path.cwd()).resolve()
 
     def absolute(split: SplitFiles | None) -> SplitFiles | None:
         if split is None:
             return None
-        return SplitFiles(annotations=str((base / split.annotations).resolve()),
-                          images=str((base / split.images).resolve()))
+        return SplitFiles(**{key: value if "://" in value else str((base / value).resolve())
+                             for key, value in (("annotations", split.annotations), ("images", split.images))})
 
     data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
     return dataclasses.replace(cfg, data=data)

@@ -191,3 +191,12 @@ def test_a_bad_base_is_named(files: dict[str, str], key: str, fragment: str, tmp
     with pytest.raises(ConfigError) as err:
         load_study(tmp_path / "a.yaml")
     assert f": {key}: " in str(err.value) and fragment in str(err.value), str(err.value)
+
+
+def test_uris_stay_uris_when_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: s\ndata: {source: coco, train: {annotations: s3://b/train.json, "
+                                    "images: s3://b/train}, val: {annotations: v.json, images: v}}\n")
+    cfg = load_study(tmp_path / "s.yaml")
+    assert (cfg.data.train.annotations, cfg.data.train.images) == ("s3://b/train.json", "s3://b/train")
+    assert cfg.data.val.annotations == str(tmp_path / "v.json")
