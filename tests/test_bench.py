@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # the benchmark scripts run end to end: the full suite, not the fast lane
+
 
 def test_the_gpu_check_runs_in_reduced_mode() -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--reduced", "--iters", "2",

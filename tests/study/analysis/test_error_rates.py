@@ -28,7 +28,7 @@ from tests.conftest import REPO
 
 STUDIES = 2000
 EVALUATIONS = 4  # in a window
-RUNS = REPO / "bench" / "results" / "runs"
+RUNS = REPO / "docs" / "results" / "runs"
 
 
 def _mc_error(p: float) -> float:

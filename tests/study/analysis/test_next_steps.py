@@ -19,7 +19,7 @@ from study.plan.budget import evaluations_forked, plan_study
 from study.plan.evidence import up_to_look
 from tests.conftest import REPO
 
-RUN = REPO / "bench" / "results" / "runs" / "default_avx2_s6to11_20261206"  # the default, seeds 6-11
+RUN = REPO / "docs" / "results" / "runs" / "default_avx2_s6to11_20261206"  # the default, seeds 6-11
 
 
 def _claims(run: Path):

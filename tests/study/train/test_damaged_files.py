@@ -16,6 +16,8 @@ from study.plan.trials import Trial
 from study.train.loop import TIMING_COLUMNS, train_trial
 from tests.conftest import assert_same_curve
 
+pytestmark = pytest.mark.slow  # trials trained, damaged and resumed: the full suite, not the fast lane
+
 
 @pytest.fixture(scope="module")
 def trunk(tiny_trial: Trial) -> Trial:

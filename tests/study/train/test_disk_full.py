@@ -21,6 +21,8 @@ from study.train.loop import train_trial
 from study.train.state import checkpoint_bytes
 from tests.conftest import assert_same_curve
 
+pytestmark = pytest.mark.slow  # trials on a tmpfs that fills up: the full suite, not the fast lane
+
 SCRIPT = """
 set -u
 mount -t tmpfs -o size={small}m study-small {mnt}

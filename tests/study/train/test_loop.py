@@ -48,6 +48,7 @@ def test_a_resumed_trial_equals_an_uninterrupted_one(tmp_path: Path, tiny_cfg: S
     assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [4, 8]
 
 
+@pytest.mark.slow
 def test_a_paused_trial_continues_as_an_uninterrupted_one_without_an_extra_row(
         tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial) -> None:
     """A halving trunk's segment pauses at a fork point that is no evaluation: it checkpoints
@@ -67,6 +68,7 @@ def test_a_paused_trial_continues_as_an_uninterrupted_one_without_an_extra_row(
         assert resumed[key] == pytest.approx(full[key], abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_a_crash_between_the_log_row_and_the_checkpoint_repeats_no_row(tmp_path: Path,
                                                                        tiny_cfg: StudyConfig,
                                                                        tiny_trial: Trial) -> None:
@@ -232,6 +234,7 @@ class Killed(Exception):
     """Stands in for the process dying right after a report (its files are all written)."""
 
 
+@pytest.mark.slow
 def test_a_trial_killed_between_two_evaluations_resumes_from_its_last_checkpoint(
         tmp_path: Path, tiny_cfg: StudyConfig, tiny_trial: Trial, capsys: pytest.CaptureFixture[str]) -> None:
     """checkpoint_period 3, evaluations every 4: a trial killed after iteration 6's checkpoint

@@ -18,6 +18,8 @@ from study.tune.storage import Store, pusher
 from study.tune.trial_fn import StudySetup, run_attempt
 from tests.conftest import assert_same_curve
 
+pytestmark = pytest.mark.slow  # two attempts of a trial racing for its folder: the full suite, not the fast lane
+
 
 def test_a_newer_attempt_fences_an_older_one(tmp_path: Path) -> None:
     store = Store(tmp_path)

@@ -18,6 +18,8 @@ from study.plan.trials import Trial
 from study.train.loop import train_trial
 from study.tune.storage import Retry, StorageError, Store, pull_files, pusher
 
+pytestmark = pytest.mark.slow  # real retries with real back-off waits: the full suite, not the fast lane
+
 QUICK = Retry(attempts=8, first_wait_s=0.2, max_wait_s=2.0)
 
 

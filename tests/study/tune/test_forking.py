@@ -27,6 +27,7 @@ def cfg(tiny_cfg: StudyConfig) -> StudyConfig:
                             "grid": {**to_dict(tiny_cfg.grid), "schedule": [1, 2]}})
 
 
+@pytest.mark.slow
 def test_a_branch_equals_a_separate_run(tmp_path: Path, cfg: StudyConfig, tiny_trial: Trial) -> None:
     ONE, TWO = tiny_trial, dataclasses.replace(tiny_trial, schedule=2)
     separate = read_metrics(_run(cfg, tmp_path / "separate", ONE, tmp_path))

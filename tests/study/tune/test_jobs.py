@@ -176,6 +176,7 @@ def test_a_multi_worker_syncbn_trial_asks_ray_for_one_node(monkeypatch: pytest.M
 
     def cfg(norm: str, workers: int, placement: str = "auto") -> StudyConfig:
         return study_from_dict({**to_dict(tiny_cfg), "model": {**to_dict(tiny_cfg.model), "norm": norm},
+                                "pretrain": {**to_dict(tiny_cfg.pretrain), "norm": None},  # the detector's
                                 "resources": {"workers": workers, "gpus_per_worker": 1, "placement": placement}})
 
     asked: list[str] = []
