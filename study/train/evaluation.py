@@ -41,6 +41,15 @@ def evaluation_ground_truth(coco_gt: COCO) -> COCO:
     fewer than three points and on an empty polygon list (real COCO train2017 holds both): the copy
     leaves such polygons out, and an instance with none left keeps its box and gets an empty mask
     (`evaluable_segmentation`). The user's file is untouched. Built once per COCO object."""
+    fixed = getattr(coco_gt, "_evaluation_gt", None)
+    if fixed is None:
+        fixed = _evaluable_copy(coco_gt)
+        coco_gt._evaluation_gt = fixed  # type: ignore[attr-defined]
+    return fixed
+
+
+def _evaluable_copy(coco_gt: COCO) -> COCO:
+    """`coco_gt` itself when COCOeval can take it as it is, else the copy (see above)."""
     anns = coco_gt.dataset["annotations"]
     ids = [a["id"] for a in anns]
     renumber = not all(isinstance(i, int) and i >= 1 for i in ids)
@@ -48,20 +57,17 @@ def evaluation_ground_truth(coco_gt: COCO) -> COCO:
                   and (not a["segmentation"] or valid_polygons(a["segmentation"]) != a["segmentation"])]
     if not renumber and not unreadable:
         return coco_gt
-    fixed = getattr(coco_gt, "_evaluation_gt", None)
-    if fixed is None:
-        from study.data.coco import index_coco
+    from study.data.coco import index_coco
 
-        anns = list(anns)
-        for i in unreadable:
-            image = coco_gt.imgs[anns[i]["image_id"]]
-            anns[i] = {**anns[i], "segmentation": evaluable_segmentation(
-                anns[i]["segmentation"], image["height"], image["width"])}
-        if renumber:
-            anns = [{**a, "id": new} for new, a in enumerate(anns, start=1)]
-        fixed = index_coco({**coco_gt.dataset, "annotations": anns})
-        fixed.original_ids = dict(enumerate(ids, start=1)) if renumber else {i: i for i in ids}  # type: ignore[attr-defined]
-        coco_gt._evaluation_gt = fixed  # type: ignore[attr-defined]
+    anns = list(anns)
+    for i in unreadable:
+        image = coco_gt.imgs[anns[i]["image_id"]]
+        anns[i] = {**anns[i], "segmentation": evaluable_segmentation(
+            anns[i]["segmentation"], image["height"], image["width"])}
+    if renumber:
+        anns = [{**a, "id": new} for new, a in enumerate(anns, start=1)]
+    fixed = index_coco({**coco_gt.dataset, "annotations": anns})
+    fixed.original_ids = dict(enumerate(ids, start=1)) if renumber else {i: i for i in ids}  # type: ignore[attr-defined]
     return fixed
 
 
