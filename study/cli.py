@@ -200,7 +200,8 @@ def _print_summary(summary: str, report: str) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.tol is not None and args.tol <= 0:
         raise ConfigError("--tol", f"{args.tol!r} must be > 0 (AP)")
-    from study.tune.storage import analyze_stored, fetch_run, is_uri, open_run
+    from study.layout import is_uri
+    from study.tune.storage import analyze_stored, fetch_run, open_run
 
     if len(args.run_dir) == 1 and is_uri(args.run_dir[0]):  # shared storage: copy the metric logs here
         store, name = open_run(args.run_dir[0])

@@ -23,6 +23,7 @@ import yaml
 from models.choices import Backbone, Init, Norm, Precision, Profile, classifier_norm
 from study.data.synthetic import SynthSpec
 from study.errors import ConfigError, require
+from study.layout import is_uri
 
 DataSource = Literal["synthetic", "coco"]
 Placement = Literal["auto", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
@@ -600,7 +601,7 @@ def resolve_paths(cfg: StudyConfig, base: Path | None = None) -> StudyConfig:
     def absolute(split: SplitFiles | None) -> SplitFiles | None:
         if split is None:
             return None
-        return SplitFiles(**{key: value if "://" in value else str((base / value).resolve())
+        return SplitFiles(**{key: value if is_uri(value) else str((base / value).resolve())
                              for key, value in (("annotations", split.annotations), ("images", split.images))})
 
     data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))

@@ -40,6 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+def is_uri(location: str | Path) -> bool:
+    """Whether a location (a storage, a data path, weights) is a URI (`s3://...`), not a local path."""
+    return "://" in str(location)
+
+
 # <storage>/
 DATA = "data"
 PRETRAINED = "pretrained"

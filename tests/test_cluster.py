@@ -51,7 +51,7 @@ def test_the_cluster_installs_pinned_versions_of_what_the_tests_ran() -> None:
 
 def test_storage_and_dashboard_are_what_study_run_expects(monkeypatch: pytest.MonkeyPatch) -> None:
     from study.cli import build_parser
-    from study.tune.storage import is_uri
+    from study.layout import is_uri
 
     cfg = _load()
     exports = dict(re.findall(r"export (\w+)=(\S+)'", " ".join(cfg["setup_commands"])))

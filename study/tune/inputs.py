@@ -21,7 +21,9 @@ from pathlib import Path
 
 from study import layout
 from study.config import SplitFiles, StudyConfig
-from study.tune.storage import Store, is_uri, node_dir
+from study.layout import is_uri
+from study.tune.storage import Store, node_dir
+
 
 def split_uri(uri: str) -> tuple[Store, str]:
     """(the store of `uri`'s parent folder, with the query kept; the object's name in it)."""

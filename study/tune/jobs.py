@@ -29,7 +29,8 @@ from study.train.pretrain import PretrainRecord
 from study.tune.attempt import Attempt
 from study.tune.inputs import localized
 from study.tune.launch import fit_torch, start_ray, tune_row
-from study.tune.storage import Store, is_uri, node_dir, pull_files, pusher
+from study.layout import is_uri
+from study.tune.storage import Store, node_dir, pull_files, pusher
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from study.data.sampling import nested_subset, subset_size
 from study.errors import ConfigError, DataError
 from study.train.build import split_paths
 from study.tune.inputs import listing, pull
-from study.tune.storage import is_uri
+from study.layout import is_uri
 
 DECODE_LIMIT = 5000  # images: fully decoded up front when the study reads at most this many
 

@@ -44,11 +44,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from study import layout
+from study.layout import is_uri
 from study.errors import ConfigError, StorageError
-
-
-def is_uri(location: str | Path) -> bool:
-    return "://" in str(location)
 
 
 T = TypeVar("T")

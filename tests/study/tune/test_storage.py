@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from study.tune.storage import Store, fetch_run, is_uri, pull_files, pusher
+from study.layout import is_uri
+from study.tune.storage import Store, fetch_run, pull_files, pusher
 
 
 @pytest.fixture(params=["folder", "file", "s3"])
